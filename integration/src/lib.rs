@@ -1,0 +1,1 @@
+//! End-to-end tests of lclstream live in `tests/`; Python interop scripts in `python/`.

@@ -1,0 +1,15 @@
+//! How lclstream speaks NATS.
+//!
+//! - [`wire`]: the v1 wire format of an event batch (MessagePack, LZ4, optional
+//!   byte shuffle, headers, chunking of oversized events).
+//! - [`subjects`]: the subject scheme and stream naming.
+//! - [`streams`]: default JetStream stream and consumer settings.
+//! - [`synthetic`]: detector-like synthetic frames for demos and benchmarks.
+//! - [`server`]: rendering nats-server configuration and launching real
+//!   nats-server processes for development, demos and tests.
+
+pub mod server;
+pub mod streams;
+pub mod subjects;
+pub mod synthetic;
+pub mod wire;
