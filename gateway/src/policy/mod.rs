@@ -1,0 +1,5 @@
+//! Institution policies: one TOML file per institution in `policies/`.
+
+mod model;
+
+pub use model::{Grant, InstitutionKey, InstitutionPolicy, PullQuota, Quotas};
