@@ -137,6 +137,7 @@ pub fn decode(
 ) -> Result<Batch, WireError> {
     let mut encoding = h::ENCODING_LZ4.to_string();
     let mut checksum = None;
+    let mut raw_size = None;
     if let Some(headers) = headers {
         if h::get(headers, h::CHUNK).is_some() {
             return Err(WireError::Chunk(
@@ -157,6 +158,7 @@ pub fn decode(
             encoding = enc.to_string();
         }
         checksum = h::get(headers, h::CHECKSUM).map(str::to_string);
+        raw_size = h::get(headers, h::RAW_SIZE).map(str::to_string);
     }
     let decompressed;
     let raw: &[u8] = match encoding.as_str() {
@@ -170,6 +172,14 @@ pub fn decode(
         }
         other => return Err(WireError::UnsupportedEncoding(other.to_string())),
     };
+    if let Some(declared) = raw_size {
+        if declared != raw.len().to_string() {
+            return Err(WireError::BadHeader {
+                name: h::RAW_SIZE,
+                value: format!("{declared} (payload holds {} bytes)", raw.len()),
+            });
+        }
+    }
     if let Some(expected) = checksum {
         let actual = format_checksum(raw);
         if !expected.eq_ignore_ascii_case(&actual) {
@@ -217,7 +227,15 @@ fn decompress_lz4(payload: &[u8], limits: &DecodeLimits) -> Result<Vec<u8>, Wire
             payload.len() - 4
         )));
     }
-    lz4_flex::decompress_size_prepended(payload).map_err(|e| WireError::Decompress(e.to_string()))
+    let raw = lz4_flex::decompress_size_prepended(payload)
+        .map_err(|e| WireError::Decompress(e.to_string()))?;
+    if raw.len() as u64 != declared {
+        return Err(WireError::Decompress(format!(
+            "declared size {declared} but {} bytes decompressed",
+            raw.len()
+        )));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]
