@@ -93,6 +93,9 @@ pub struct PullQuota {
     pub max_ack_pending: i64,
     /// The consumer is deleted after this many seconds without activity.
     pub inactive_threshold_secs: u64,
+    /// Seconds before an unacknowledged message is redelivered (also how long
+    /// a crashed partner's in-flight messages wait before its restart gets them).
+    pub ack_wait_secs: u64,
 }
 
 impl Default for PullQuota {
@@ -102,6 +105,7 @@ impl Default for PullQuota {
             max_bytes: 64 * 1024 * 1024,
             max_ack_pending: 256,
             inactive_threshold_secs: 24 * 3600,
+            ack_wait_secs: 60,
         }
     }
 }
@@ -114,7 +118,7 @@ impl PullQuota {
             max_bytes: self.max_bytes,
             max_ack_pending: self.max_ack_pending,
             inactive_threshold: std::time::Duration::from_secs(self.inactive_threshold_secs),
-            ..Default::default()
+            ack_wait: std::time::Duration::from_secs(self.ack_wait_secs.max(1)),
         }
     }
 }
@@ -144,6 +148,8 @@ mod tests {
         assert_eq!(policy.quotas.pull.max_batch, 8);
         assert_eq!(policy.quotas.pull.max_ack_pending, 256);
         assert!(policy.keys[0].expires.is_some());
-        assert!(toml::from_str::<InstitutionPolicy>("id = \"x\"\nname = \"y\"\nbogus = 1").is_err());
+        assert!(
+            toml::from_str::<InstitutionPolicy>("id = \"x\"\nname = \"y\"\nbogus = 1").is_err()
+        );
     }
 }
