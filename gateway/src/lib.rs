@@ -1,5 +1,22 @@
 //! The lclstream gateway: who may read what, and how much.
 //!
 //! - [`policy`]: per-institution policy files (keys, grants, quotas).
+//! - [`naming`]: consumer slot names, inbox prefixes and request subjects
+//!   shared by the request service and the auth callout.
+//! - [`service`]: the data-request NATS service and the byte meter.
+//! - [`quota`]: request and byte counters over injectable time windows.
+//! - [`audit`]: the JSON-lines audit log of every decision.
+//! - [`auth`]: the nats-server auth callout (who may connect, with which permissions).
+//! - [`keys`]: nkey files (institution, agent, operator and gateway keys).
+//! - [`jobs`]: publish jobs (runs streamed from facility storage on request).
+//! - [`gateway`]: configuration and the runner that starts everything.
 
+pub mod audit;
+pub mod auth;
+pub mod gateway;
+pub mod jobs;
+pub mod keys;
+pub mod naming;
 pub mod policy;
+pub mod quota;
+pub mod service;

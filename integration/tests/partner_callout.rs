@@ -1,0 +1,128 @@
+//! The whole chain with the auth callout: a gateway started with `[auth]`
+//! authorizes an institution's nkey, the institution requests a dataset and
+//! pulls it with the permissions the callout issued, and the audit log holds
+//! the connection decision next to the request decision.
+
+mod partner_support;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
+use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig};
+use lclstream_gateway::keys::GatewayKeys;
+use lclstream_gateway::policy::InstitutionKey;
+use lclstream_nats::server::NatsServer;
+use lclstream_partner::{
+    CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PullOptions, Start,
+};
+use partner_support::*;
+
+#[tokio::test]
+async fn institution_authorized_by_the_callout_requests_and_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    let gateway_keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
+    let settings = CalloutServerSettings::from_keys(&gateway_keys);
+    let server = NatsServer::start_with(|c| c.blocks.extend(callout_server_blocks(&settings)))
+        .expect("nats-server starts with the callout");
+
+    let ucsd_key = nkeys::KeyPair::new_user();
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
+    ucsd.keys.push(InstitutionKey {
+        public: ucsd_key.public_key(),
+        comment: "test".into(),
+        revoked: false,
+        expires: None,
+    });
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    write_policies(&policies, &[ucsd]);
+    let mut config = GatewayConfig::local(&server.url(), &policies);
+    config.audit.file = Some(dir.path().join("audit.jsonl"));
+    config.auth = Some(AuthConfig {
+        keys_dir: keys_dir.clone(),
+        encrypt: true,
+        user_ttl_secs: 600,
+    });
+    let gateway = step("gateway", Gateway::start(config))
+        .await
+        .expect("gateway starts with the callout");
+
+    // Data published in the facility account (as the gateway's service user here).
+    let facility =
+        async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&gateway_keys.service_user))
+            .connect(server.url())
+            .await
+            .unwrap();
+    publish(&jetstream::new(facility), "mfxp1234", 6, 5, 3, 16).await;
+
+    let partner = step(
+        "partner connect",
+        PartnerClient::connect(&PartnerConfig {
+            url: server.url(),
+            institution: "ucsd".into(),
+            seed: Some(ucsd_key.seed().unwrap()),
+        }),
+    )
+    .await
+    .expect("the callout authorizes the institution's key");
+    let grant = step(
+        "request",
+        partner.request_dataset(&DatasetRequest {
+            filters: vec!["lcls.mfx.mfxp1234.>".into()],
+            start: Start::All,
+            end: None,
+            label: Some("callout".into()),
+        }),
+    )
+    .await
+    .expect("granted");
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut sink = {
+        let collected = collected.clone();
+        CallbackSink::new(
+            move |_b: &lclstream_partner::BatchInfo, e: lclstream_nats::wire::Event| {
+                collected.lock().unwrap().push(e.index);
+                Ok(())
+            },
+        )
+    };
+    let options = PullOptions {
+        idle_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let summary = step("pull", partner.pull(&grant, &options, &mut sink))
+        .await
+        .expect("pulled");
+    assert_eq!(summary.events, 15);
+    let mut indices = collected.lock().unwrap().clone();
+    indices.sort();
+    assert_eq!(indices, (0..15).collect::<Vec<u64>>());
+
+    // A key the policies do not know is refused at connect time.
+    let stranger = PartnerClient::connect(&PartnerConfig {
+        url: server.url(),
+        institution: "ucsd".into(),
+        seed: Some(nkeys::KeyPair::new_user().seed().unwrap()),
+    })
+    .await;
+    assert!(stranger.is_err(), "an unknown key must not connect");
+
+    gateway.shutdown().await;
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["action"] == "connect"
+        && l["decision"] == "allow"
+        && l["who"] == ucsd_key.public_key().as_str()
+        && l["institution"] == "ucsd"));
+    assert!(lines
+        .iter()
+        .any(|l| l["action"] == "connect" && l["decision"] == "deny"));
+    assert!(lines.iter().any(|l| l["action"] == "request"
+        && l["decision"] == "allow"
+        && l["institution"] == "ucsd"));
+}

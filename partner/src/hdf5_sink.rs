@@ -1,0 +1,421 @@
+//! HDF5 output: `/<experiment>/<source>/<field>`, one dataset per field with
+//! the event axis first, chunked and extendable; `index`, `run` and `time_ns`
+//! datasets give each row's identity. Integer, float and boolean scalars are
+//! stored (text scalars are not). An event that lacks a field another event
+//! has gets the fill value 0 in that row.
+//!
+//! Reopening an existing file reads `run` and `index` back, so events already
+//! written are skipped on resume. The identity datasets are written last in
+//! each batch, so a row counts as written only when its data is.
+//! HDF5 1.10 is not crash-safe: a process killed while writing can leave the
+//! file unreadable; prefer JSON lines output where that matters.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use hdf5::{Dataset, Group, H5Type};
+use lclstream_nats::wire::{Array, DType, Event, Scalar};
+use ndarray::{ArrayD, IxDyn};
+
+use crate::sink::{BatchInfo, EventKey, EventSink};
+
+/// Writes events into an HDF5 file.
+pub struct Hdf5Sink {
+    file: hdf5::File,
+    seen: HashSet<EventKey>,
+    rows: HashMap<(String, String), usize>,
+}
+
+const RESERVED: [&str; 3] = ["index", "run", "time_ns"];
+/// Rows per chunk of scalar datasets.
+const SCALAR_CHUNK: usize = 1024;
+
+fn selection(start: usize, count: usize, inner: &[usize]) -> hdf5::Hyperslab {
+    let mut dims = vec![hdf5::SliceOrIndex::SliceTo {
+        start,
+        step: 1,
+        end: start + count,
+        block: 1,
+    }];
+    dims.extend(inner.iter().map(|&d| hdf5::SliceOrIndex::SliceTo {
+        start: 0,
+        step: 1,
+        end: d,
+        block: 1,
+    }));
+    hdf5::Hyperslab::from(dims)
+}
+
+fn extendable<T: H5Type>(
+    group: &Group,
+    name: &str,
+    rows: usize,
+    inner: &[usize],
+) -> anyhow::Result<Dataset> {
+    if group.link_exists(name) {
+        let ds = group.dataset(name)?;
+        let shape = ds.shape();
+        if shape.len() != inner.len() + 1 || shape[1..] != *inner {
+            bail!("field {name}: existing dataset has shape {shape:?}, an event brings {inner:?}");
+        }
+        return Ok(ds);
+    }
+    let mut extents = vec![hdf5::Extent::resizable(rows)];
+    extents.extend(inner.iter().map(|&d| hdf5::Extent::from(d)));
+    let row_elems: usize = inner.iter().product::<usize>().max(1);
+    let chunk_rows = (SCALAR_CHUNK / row_elems).max(1);
+    let mut chunk = vec![chunk_rows];
+    chunk.extend(inner.iter().copied());
+    let ds = group
+        .new_dataset::<T>()
+        .chunk(chunk)
+        .shape(hdf5::SimpleExtents::from_vec(extents))
+        .create(name)?;
+    Ok(ds)
+}
+
+fn write_rows<T: H5Type + Clone>(
+    group: &Group,
+    name: &str,
+    start: usize,
+    inner: &[usize],
+    values: Vec<T>,
+) -> anyhow::Result<()> {
+    let count = values.len() / inner.iter().product::<usize>().max(1);
+    let ds = extendable::<T>(group, name, start, inner)?;
+    let mut shape = vec![start + count];
+    shape.extend(inner.iter().copied());
+    ds.resize(shape.clone())?;
+    let mut arr_shape = vec![count];
+    arr_shape.extend(inner.iter().copied());
+    let arr = ArrayD::from_shape_vec(IxDyn(&arr_shape), values)
+        .with_context(|| format!("field {name}: values do not fill shape {arr_shape:?}"))?;
+    ds.write_slice(&arr, selection(start, count, inner))
+        .with_context(|| format!("writing field {name}"))?;
+    Ok(())
+}
+
+macro_rules! le_values {
+    ($bytes:expr, $t:ty) => {
+        $bytes
+            .chunks_exact(std::mem::size_of::<$t>())
+            .map(|c| <$t>::from_le_bytes(c.try_into().expect("exact chunk")))
+            .collect::<Vec<$t>>()
+    };
+}
+
+/// Writes the `field` column of `rows` (missing entries are zeros of `template`'s size).
+fn write_array_field(
+    group: &Group,
+    name: &str,
+    start: usize,
+    template: &Array,
+    column: &[Option<&Array>],
+) -> anyhow::Result<()> {
+    let inner: Vec<usize> = template.shape.iter().map(|&d| d as usize).collect();
+    let row_bytes = template.data.len();
+    let mut bytes = Vec::with_capacity(row_bytes * column.len());
+    for cell in column {
+        match cell {
+            Some(a) if a.dtype == template.dtype && a.shape == template.shape => {
+                bytes.extend_from_slice(&a.data)
+            }
+            Some(a) => bail!(
+                "field {name}: an event has dtype {} shape {:?}, another {} {:?}",
+                a.dtype,
+                a.shape,
+                template.dtype,
+                template.shape
+            ),
+            None => bytes.resize(bytes.len() + row_bytes, 0),
+        }
+    }
+    match template.dtype {
+        DType::U8 => write_rows(group, name, start, &inner, bytes),
+        DType::I8 => write_rows(group, name, start, &inner, le_values!(bytes, i8)),
+        DType::U16 => write_rows(group, name, start, &inner, le_values!(bytes, u16)),
+        DType::I16 => write_rows(group, name, start, &inner, le_values!(bytes, i16)),
+        DType::U32 => write_rows(group, name, start, &inner, le_values!(bytes, u32)),
+        DType::I32 => write_rows(group, name, start, &inner, le_values!(bytes, i32)),
+        DType::U64 => write_rows(group, name, start, &inner, le_values!(bytes, u64)),
+        DType::I64 => write_rows(group, name, start, &inner, le_values!(bytes, i64)),
+        DType::F32 => write_rows(group, name, start, &inner, le_values!(bytes, f32)),
+        DType::F64 => write_rows(group, name, start, &inner, le_values!(bytes, f64)),
+    }
+}
+
+fn write_scalar_field(
+    group: &Group,
+    name: &str,
+    start: usize,
+    column: &[Option<&Scalar>],
+) -> anyhow::Result<()> {
+    // The first value decides the type of a new dataset; an existing one keeps its type.
+    let existing_float = group
+        .dataset(name)
+        .ok()
+        .map(|ds| ds.dtype().map(|t| t.is::<f64>()).unwrap_or(false));
+    let first = column.iter().flatten().next();
+    let as_float = existing_float.unwrap_or(matches!(first, Some(Scalar::Float(_))));
+    if as_float {
+        let values = column
+            .iter()
+            .map(|c| match c {
+                Some(Scalar::Float(f)) => *f,
+                Some(Scalar::Int(i)) => *i as f64,
+                Some(Scalar::Bool(b)) => *b as u8 as f64,
+                _ => 0.0,
+            })
+            .collect();
+        write_rows::<f64>(group, name, start, &[], values)
+    } else {
+        let values = column
+            .iter()
+            .map(|c| match c {
+                Some(Scalar::Int(i)) => *i,
+                Some(Scalar::Float(f)) => *f as i64,
+                Some(Scalar::Bool(b)) => *b as i64,
+                _ => 0,
+            })
+            .collect();
+        write_rows::<i64>(group, name, start, &[], values)
+    }
+}
+
+impl Hdf5Sink {
+    /// Creates `path`, or opens it and reads which events it already holds.
+    pub fn open(path: &Path) -> anyhow::Result<Hdf5Sink> {
+        let file = hdf5::File::append(path)
+            .with_context(|| format!("opening HDF5 file {}", path.display()))?;
+        let mut seen = HashSet::new();
+        let mut rows = HashMap::new();
+        for experiment in file.groups()? {
+            let exp_name = experiment
+                .name()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            for source in experiment.groups()? {
+                let src_name = source
+                    .name()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                if !source.link_exists("index") || !source.link_exists("run") {
+                    continue;
+                }
+                let index: Vec<u64> = source.dataset("index")?.read_raw()?;
+                let run: Vec<u32> = source.dataset("run")?.read_raw()?;
+                let n = index.len().min(run.len());
+                for i in 0..n {
+                    seen.insert(EventKey {
+                        experiment: exp_name.clone(),
+                        run: run[i],
+                        source: src_name.clone(),
+                        index: index[i],
+                    });
+                }
+                rows.insert((exp_name.clone(), src_name), n);
+            }
+        }
+        Ok(Hdf5Sink { file, seen, rows })
+    }
+
+    /// Number of events the file holds.
+    pub fn known_events(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn group(&self, experiment: &str, source: &str) -> anyhow::Result<Group> {
+        let exp = match self.file.group(experiment) {
+            Ok(g) => g,
+            Err(_) => self.file.create_group(experiment)?,
+        };
+        Ok(match exp.group(source) {
+            Ok(g) => g,
+            Err(_) => exp.create_group(source)?,
+        })
+    }
+}
+
+impl EventSink for Hdf5Sink {
+    fn contains(&self, key: &EventKey) -> bool {
+        self.seen.contains(key)
+    }
+
+    fn write(&mut self, batch: &BatchInfo, events: Vec<Event>) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let group = self.group(&batch.experiment, &batch.source)?;
+        let key = (batch.experiment.clone(), batch.source.clone());
+        let start = *self.rows.get(&key).unwrap_or(&0);
+        let mut arrays: BTreeMap<&str, &Array> = BTreeMap::new();
+        let mut scalars: BTreeMap<&str, ()> = BTreeMap::new();
+        for event in &events {
+            for (name, array) in &event.arrays {
+                arrays.entry(name.as_str()).or_insert(array);
+            }
+            for (name, value) in &event.scalars {
+                if !matches!(value, Scalar::Text(_)) {
+                    scalars.insert(name.as_str(), ());
+                }
+            }
+        }
+        for (name, template) in &arrays {
+            if RESERVED.contains(name) {
+                bail!("field name {name:?} is reserved in HDF5 output");
+            }
+            let column: Vec<Option<&Array>> = events.iter().map(|e| e.arrays.get(*name)).collect();
+            write_array_field(&group, name, start, template, &column)?;
+        }
+        for name in scalars.keys() {
+            if RESERVED.contains(name) || arrays.contains_key(name) {
+                bail!("field name {name:?} is reserved or used twice in HDF5 output");
+            }
+            let column: Vec<Option<&Scalar>> =
+                events.iter().map(|e| e.scalars.get(*name)).collect();
+            write_scalar_field(&group, name, start, &column)?;
+        }
+        let end = start + events.len();
+        // Fields absent from this batch still get rows (fill value), so all stay aligned.
+        for name in group.member_names()? {
+            if RESERVED.contains(&name.as_str())
+                || arrays.contains_key(name.as_str())
+                || scalars.contains_key(name.as_str())
+            {
+                continue;
+            }
+            if let Ok(ds) = group.dataset(&name) {
+                let mut shape = ds.shape();
+                if !shape.is_empty() && shape[0] < end {
+                    shape[0] = end;
+                    ds.resize(shape)?;
+                }
+            }
+        }
+        write_rows::<u64>(
+            &group,
+            "time_ns",
+            start,
+            &[],
+            events.iter().map(|e| e.time_ns).collect(),
+        )?;
+        write_rows::<u32>(&group, "run", start, &[], vec![batch.run; events.len()])?;
+        // Last: a row exists for resume only once its index is written.
+        write_rows::<u64>(
+            &group,
+            "index",
+            start,
+            &[],
+            events.iter().map(|e| e.index).collect(),
+        )?;
+        self.rows.insert(key, end);
+        for event in &events {
+            self.seen.insert(batch.key(event.index));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(run: u32) -> BatchInfo {
+        BatchInfo {
+            experiment: "e".into(),
+            run,
+            source: "det".into(),
+            subject: "s".into(),
+            stream_sequence: 1,
+        }
+    }
+
+    fn event(index: u64, with_frame: bool) -> Event {
+        let mut e = Event {
+            index,
+            time_ns: 10 + index,
+            ..Default::default()
+        };
+        e.scalars
+            .insert("energy".into(), Scalar::Float(index as f64 * 0.5));
+        e.scalars
+            .insert("pulse".into(), Scalar::Int(index as i64 * 2));
+        e.scalars
+            .insert("note".into(), Scalar::Text("not stored".into()));
+        if with_frame {
+            let pixels: Vec<u16> = (0..6).map(|p| (p + index) as u16).collect();
+            e.arrays.insert(
+                "frame".into(),
+                Array::from_u16(vec![2, 3], &pixels).unwrap(),
+            );
+        }
+        e
+    }
+
+    #[test]
+    fn writes_extendable_datasets_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.h5");
+        let mut sink = Hdf5Sink::open(&path).unwrap();
+        sink.write(&batch(1), vec![event(0, true), event(1, false)])
+            .unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let mut sink = Hdf5Sink::open(&path).unwrap();
+        assert_eq!(sink.known_events(), 2);
+        assert!(sink.contains(&batch(1).key(1)));
+        assert!(!sink.contains(&batch(2).key(1)), "runs are told apart");
+        sink.write(&batch(2), vec![event(1, true)]).unwrap();
+        drop(sink);
+
+        let file = hdf5::File::open(&path).unwrap();
+        let group = file.group("e/det").unwrap();
+        assert_eq!(
+            group.dataset("index").unwrap().read_raw::<u64>().unwrap(),
+            vec![0, 1, 1]
+        );
+        assert_eq!(
+            group.dataset("run").unwrap().read_raw::<u32>().unwrap(),
+            vec![1, 1, 2]
+        );
+        assert_eq!(
+            group.dataset("energy").unwrap().read_raw::<f64>().unwrap(),
+            vec![0.0, 0.5, 0.5]
+        );
+        assert_eq!(
+            group.dataset("pulse").unwrap().read_raw::<i64>().unwrap(),
+            vec![0, 2, 2]
+        );
+        assert!(!group.link_exists("note"));
+        let frame = group.dataset("frame").unwrap();
+        assert_eq!(frame.shape(), vec![3, 2, 3]);
+        let values: Vec<u16> = frame.read_raw().unwrap();
+        assert_eq!(&values[0..6], &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(&values[6..12], &[0; 6], "a missing field is zero-filled");
+        assert_eq!(&values[12..18], &[1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_frame_of_another_shape_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Hdf5Sink::open(&dir.path().join("out.h5")).unwrap();
+        sink.write(&batch(1), vec![event(0, true)]).unwrap();
+        let mut odd = event(1, false);
+        odd.arrays.insert(
+            "frame".into(),
+            Array::from_u16(vec![3, 2], &[0; 6]).unwrap(),
+        );
+        let error = sink.write(&batch(1), vec![odd]).unwrap_err().to_string();
+        assert!(error.contains("frame"), "{error}");
+    }
+}

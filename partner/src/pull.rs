@@ -1,0 +1,296 @@
+//! Pulling a granted dataset: batches within the pull limits, reassembly,
+//! decoding, writing, then acknowledging.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use lclstream_nats::wire::{self, headers as h, DecodeLimits, Reassembler};
+
+use crate::client::{PartnerClient, PartnerError};
+use crate::sink::{BatchInfo, EventSink};
+use lclstream_gateway::service::protocol::{DatasetGrant, End};
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Messages per pull request; 0 takes the grant's limit.
+    pub batch_messages: usize,
+    /// Bytes per pull request; 0 takes the grant's limit.
+    pub batch_bytes: usize,
+    /// Stop after this many events.
+    pub max_events: Option<u64>,
+    /// Stop after this long without a message.
+    pub idle_timeout: Duration,
+    /// How long one pull request waits on the server.
+    pub expires: Duration,
+    /// Limits protecting the decoder.
+    pub decode_limits: DecodeLimits,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            batch_messages: 0,
+            batch_bytes: 0,
+            max_events: None,
+            idle_timeout: Duration::from_secs(30),
+            expires: Duration::from_secs(2),
+            decode_limits: DecodeLimits::default(),
+        }
+    }
+}
+
+/// Why a pull ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_events` events were written.
+    MaxEvents,
+    /// No message arrived within the idle timeout.
+    Idle,
+    /// A message beyond the dataset's end arrived.
+    EndOfDataset,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSummary {
+    /// Events written to the sink.
+    pub events: u64,
+    /// Events skipped because the sink already had them (redeliveries).
+    pub duplicates: u64,
+    /// Complete batches processed.
+    pub batches: u64,
+    /// Messages received (chunks count one each).
+    pub messages: u64,
+    /// Payload bytes received.
+    pub bytes: u64,
+    /// Messages that could not be decoded and were terminated.
+    pub rejected: u64,
+    /// Why the pull ended.
+    pub stop: StopReason,
+}
+
+fn beyond_end(end: &Option<End>, info: &jetstream::message::Info<'_>) -> bool {
+    match end {
+        Some(End::Sequence(last)) => info.stream_sequence > *last,
+        Some(End::Time(t)) => info.published > *t,
+        None => false,
+    }
+}
+
+impl PartnerClient {
+    /// Pulls `grant`'s consumer into `sink` until `max_events`, the idle
+    /// timeout or the dataset's end. Safe to call again after a crash: the
+    /// consumer remembers what was acknowledged.
+    pub async fn pull(
+        &self,
+        grant: &DatasetGrant,
+        options: &PullOptions,
+        sink: &mut dyn EventSink,
+    ) -> Result<PullSummary, PartnerError> {
+        // Consumer info only: partners may not read stream info or create consumers.
+        let consumer: PullConsumer = self
+            .js
+            .get_consumer_from_stream(&grant.consumer, &grant.stream)
+            .await
+            .map_err(|e| {
+                PartnerError::Nats(format!(
+                    "looking up consumer {} on {}: {e}",
+                    grant.consumer, grant.stream
+                ))
+            })?;
+        let limit = |asked: usize, granted: i64| {
+            let granted = if granted > 0 {
+                granted as usize
+            } else {
+                usize::MAX
+            };
+            if asked == 0 {
+                granted
+            } else {
+                asked.min(granted)
+            }
+        };
+        let batch_messages = limit(options.batch_messages, grant.pull.max_batch).min(4096);
+        let batch_bytes = limit(options.batch_bytes, grant.pull.max_bytes).min(1 << 30);
+        let mut reassembler = Reassembler::new(options.decode_limits);
+        let mut held: HashMap<String, Vec<jetstream::Message>> = HashMap::new();
+        let mut summary = PullSummary {
+            events: 0,
+            duplicates: 0,
+            batches: 0,
+            messages: 0,
+            bytes: 0,
+            rejected: 0,
+            stop: StopReason::Idle,
+        };
+        let mut last_message = Instant::now();
+        loop {
+            if options.max_events.is_some_and(|max| summary.events >= max) {
+                summary.stop = StopReason::MaxEvents;
+                break;
+            }
+            let idle_left = options.idle_timeout.saturating_sub(last_message.elapsed());
+            if idle_left.is_zero() {
+                summary.stop = StopReason::Idle;
+                break;
+            }
+            let expires = options
+                .expires
+                .min(idle_left)
+                .max(Duration::from_millis(100));
+            let mut batch = consumer
+                .batch()
+                .max_messages(batch_messages)
+                .max_bytes(batch_bytes)
+                .expires(expires)
+                .messages()
+                .await
+                .map_err(|e| PartnerError::Nats(format!("pull request: {e}")))?;
+            // The batch ends on its own at `expires`; the outer timeout only guards a lost server.
+            let deadline = expires + Duration::from_secs(10);
+            // Once stopping, messages still arriving for this pull request are handed back.
+            let mut stopping: Option<StopReason> = None;
+            loop {
+                let next = match tokio::time::timeout(deadline, batch.next()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => break,
+                };
+                let message = match next {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text.contains("Exceeds MaxBytes")
+                            || text.contains("Exceeded MaxRequest")
+                            || text.contains("Consumer Deleted")
+                        {
+                            return Err(PartnerError::Nats(format!("pull: {text}")));
+                        }
+                        // Paused consumer, leadership change...: try again shortly.
+                        tracing::debug!("pull: {text}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                };
+                if stopping.is_some() {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                }
+                last_message = Instant::now();
+                let info = message
+                    .info()
+                    .map_err(|e| PartnerError::Protocol(format!("message metadata: {e}")))?;
+                let sequence = info.stream_sequence;
+                if beyond_end(&grant.end, &info) {
+                    // Not part of the dataset: leave it to whoever reads on.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    stopping = Some(StopReason::EndOfDataset);
+                    continue;
+                }
+                summary.messages += 1;
+                summary.bytes += message.payload.len() as u64;
+                let headers = message.headers.clone().unwrap_or_default();
+                let whole = match reassembler.push(&headers, message.payload.clone()) {
+                    Ok(Some(whole)) => whole,
+                    Ok(None) => {
+                        let id = h::get(&headers, h::BATCH_ID)
+                            .unwrap_or_default()
+                            .to_string();
+                        held.entry(id).or_default().push(message);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("dropping message {sequence} on {}: {e}", message.subject);
+                        summary.rejected += 1;
+                        let _ = message.ack_with(AckKind::Term).await;
+                        continue;
+                    }
+                };
+                let id = h::get(&headers, h::BATCH_ID)
+                    .unwrap_or_default()
+                    .to_string();
+                let mut messages = held.remove(&id).unwrap_or_default();
+                messages.push(message);
+                let decoded = match wire::decode(
+                    Some(&whole.headers),
+                    &whole.payload,
+                    &options.decode_limits,
+                ) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!("dropping undecodable batch {id} at {sequence}: {e}");
+                        summary.rejected += messages.len() as u64;
+                        for m in messages {
+                            let _ = m.ack_with(AckKind::Term).await;
+                        }
+                        continue;
+                    }
+                };
+                let batch_info = BatchInfo {
+                    experiment: decoded.experiment.clone(),
+                    run: decoded.run,
+                    source: decoded.source.clone(),
+                    subject: messages[messages.len() - 1].subject.to_string(),
+                    stream_sequence: sequence,
+                };
+                let room = options
+                    .max_events
+                    .map(|max| max.saturating_sub(summary.events))
+                    .unwrap_or(u64::MAX);
+                let mut fresh = Vec::new();
+                let mut complete = true;
+                for event in decoded.events {
+                    if sink.contains(&batch_info.key(event.index)) {
+                        summary.duplicates += 1;
+                    } else if (fresh.len() as u64) < room {
+                        fresh.push(event);
+                    } else {
+                        complete = false;
+                    }
+                }
+                let written = fresh.len() as u64;
+                if written > 0 {
+                    sink.write(&batch_info, fresh)
+                        .and_then(|_| sink.flush())
+                        .map_err(|e| PartnerError::Sink(format!("{e:#}")))?;
+                }
+                summary.events += written;
+                if complete {
+                    summary.batches += 1;
+                    for m in &messages {
+                        // Confirmed ack: once it returns the server will not redeliver.
+                        m.double_ack()
+                            .await
+                            .map_err(|e| PartnerError::Nats(format!("ack of {sequence}: {e}")))?;
+                    }
+                } else {
+                    // Only part of the batch was wanted: hand it back at once
+                    // (the written part is skipped on redelivery by a sink that remembers).
+                    for m in &messages {
+                        let _ = m.ack_with(AckKind::Nak(None)).await;
+                    }
+                    stopping = Some(StopReason::MaxEvents);
+                    continue;
+                }
+                if options.max_events.is_some_and(|max| summary.events >= max) {
+                    stopping = Some(StopReason::MaxEvents);
+                }
+            }
+            if let Some(reason) = stopping {
+                summary.stop = reason;
+                break;
+            }
+        }
+        // Chunks of incomplete batches: give them back rather than wait for ack_wait.
+        for (_, messages) in held {
+            for m in messages {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+        Ok(summary)
+    }
+}
