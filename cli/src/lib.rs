@@ -44,6 +44,11 @@ pub enum Command {
     /// Validate institution policy files.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
+    /// Submit, watch, list, cancel and pull publish jobs (runs streamed from storage on request).
+    #[command(subcommand)]
+    Jobs(commands::jobs::JobsCommand),
+    /// Run publish jobs from the gateway's work queue (facility side).
+    Worker(commands::worker::WorkerArgs),
     /// Run benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
@@ -52,7 +57,12 @@ pub enum Command {
 /// Parses the command line and runs the chosen subcommand.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo prints its own narrative; its components' logs would drown it.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,6 +84,8 @@ pub fn main() -> std::process::ExitCode {
             Command::Keygen(args) => commands::keygen::run(args).await,
             Command::Policy(cmd) => commands::policy::run(cmd).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,
+            Command::Jobs(cmd) => commands::jobs::run(cmd).await,
+            Command::Worker(args) => commands::worker::run(args).await,
         }
     });
     match result {
