@@ -7,9 +7,12 @@
 //! - [`synthetic`]: detector-like synthetic frames for demos and benchmarks.
 //! - [`server`]: rendering nats-server configuration and launching real
 //!   nats-server processes for development, demos and tests.
+//! - [`topology`]: globally distributed deployments as data (edge leaf nodes,
+//!   facility and partner clusters, stream placement): render, run, status.
 
 pub mod server;
 pub mod streams;
 pub mod subjects;
 pub mod synthetic;
+pub mod topology;
 pub mod wire;

@@ -1,12 +1,65 @@
-//! `lclstream nats`.
+//! `lclstream nats`: local servers, topology rendering, local topologies and health.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use lclstream_nats::server::NatsServer;
+use lclstream_nats::topology::status::{collect_status, collect_status_from_urls};
+use lclstream_nats::topology::{
+    edge_stream_name, partner_stream_name, PortMode, Role, RunningTopology, Topology,
+};
 
 /// nats-server subcommands.
 #[derive(clap::Subcommand)]
 pub enum NatsCommand {
     /// Start a local nats-server with JetStream (loopback, temporary store) until Ctrl-C.
     Server,
+    /// Write every nats-server config of a topology file into a directory.
+    Render(RenderArgs),
+    /// Run a whole topology locally on loopback, create its streams, and stop on Ctrl-C.
+    Up(UpArgs),
+    /// Show servers, leaf and gateway links, stream and consumer lag of a deployment.
+    Status(StatusArgs),
+}
+
+/// Arguments of `lclstream nats render`.
+#[derive(clap::Args)]
+pub struct RenderArgs {
+    /// Topology file (TOML).
+    pub topology: PathBuf,
+    /// Output directory for `<server>.conf` files and `topology.resolved.toml`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `lclstream nats up`.
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Topology file (TOML).
+    pub topology: PathBuf,
+    /// Directory for configs, logs and stores (default: a temporary directory removed on exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Ignore ports in the file and pick free loopback ports.
+    #[arg(long)]
+    pub free_ports: bool,
+    /// Do not create the streams.
+    #[arg(long)]
+    pub no_streams: bool,
+    /// How long to wait for the topology to form (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+/// Arguments of `lclstream nats status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Topology file with ports (e.g. `topology.resolved.toml` written by `up` or `render`).
+    pub topology: Option<PathBuf>,
+    /// Monitoring URLs (`http://host:8222`) instead of a topology file; repeatable.
+    #[arg(long = "url", conflicts_with = "topology")]
+    pub urls: Vec<String>,
 }
 
 /// Runs `lclstream nats`.
@@ -22,5 +75,150 @@ pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
             drop(server);
             Ok(())
         }
+        NatsCommand::Render(args) => render(args),
+        NatsCommand::Up(args) => up(args).await,
+        NatsCommand::Status(args) => status(args).await,
     }
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<()> {
+    let topology = Topology::load(&args.topology)?;
+    let paths = topology.render(&args.out)?;
+    for path in &paths {
+        println!("{}", path.display());
+    }
+    println!("{}", args.out.join("topology.resolved.toml").display());
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut topology = Topology::load(&args.topology)?;
+    if args.free_ports {
+        topology.clear_ports();
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix(&format!("lclstream-{}-", topology.name))
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let start_dir = dir.clone();
+    let mut running =
+        tokio::task::spawn_blocking(move || RunningTopology::start(&topology, &start_dir))
+            .await??;
+    let timeout = Duration::from_secs(args.ready_timeout);
+    running.wait_ready(timeout).await?;
+    let streams = if args.no_streams {
+        Vec::new()
+    } else {
+        running.create_streams(timeout).await?
+    };
+    print_urls(&running);
+    if !streams.is_empty() {
+        println!("streams: {}", streams.join(", "));
+        print_stream_endpoints(&running);
+    }
+    let resolved = dir.join("topology.resolved.toml");
+    println!("configs, logs and stores: {}", dir.display());
+    println!("health: lclstream nats status {}", resolved.display());
+    println!("press Ctrl-C to stop");
+    // SIGTERM too, so that `timeout`, systemd or a test harness stop the servers cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    println!("stopping");
+    tokio::task::spawn_blocking(move || running.stop_all()).await?;
+    Ok(())
+}
+
+fn print_urls(running: &RunningTopology) {
+    for site in &running.topology().sites {
+        let what = match site.role {
+            Role::Edge => format!("edge leaf node, JetStream domain {}", site.edge_domain()),
+            Role::Facility => "facility cluster".to_string(),
+            Role::Partner => "partner cluster".to_string(),
+        };
+        println!("site {} ({what}):", site.name);
+        for server in running.plan().site_servers(&site.name) {
+            println!(
+                "  {}: {}  monitoring {}",
+                server.name,
+                server.client_url(),
+                server.monitor_url()
+            );
+        }
+    }
+}
+
+/// Where agents publish and partner consumers pull, per instrument.
+fn print_stream_endpoints(running: &RunningTopology) {
+    let topology = running.topology();
+    for spec in &topology.streams {
+        for edge in &spec.edges {
+            if let Ok(url) = running.edge_url(Some(edge)) {
+                println!(
+                    "instrument {}: agents publish lcls.{}.> to {url} (stream {} in domain {})",
+                    spec.instrument,
+                    spec.instrument.to_ascii_lowercase(),
+                    edge_stream_name(&spec.instrument),
+                    topology
+                        .site(edge)
+                        .map(|s| s.edge_domain())
+                        .unwrap_or_default()
+                );
+            }
+        }
+        for partner in &spec.partners {
+            if let Ok(urls) = running.partner_urls(Some(partner)) {
+                println!(
+                    "instrument {}: partner {partner} pulls {} from {}",
+                    spec.instrument,
+                    partner_stream_name(&spec.instrument, partner),
+                    urls.join(",")
+                );
+            }
+        }
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let report = match (&args.topology, args.urls.is_empty()) {
+        (Some(path), _) => {
+            let topology = Topology::load(path)?;
+            let plan = topology.plan(PortMode::FromFile).with_context(|| {
+                format!(
+                    "{}: status needs the ports in use; pass the topology.resolved.toml written by `lclstream nats up`",
+                    path.display()
+                )
+            })?;
+            tokio::task::spawn_blocking(move || collect_status(&plan.servers)).await?
+        }
+        (None, false) => {
+            let urls = args.urls.clone();
+            tokio::task::spawn_blocking(move || collect_status_from_urls(&urls))
+                .await?
+                .map_err(anyhow::Error::msg)?
+        }
+        (None, true) => anyhow::bail!("give a topology file or at least one --url"),
+    };
+    print!("{}", report.render());
+    let bad = report
+        .servers
+        .iter()
+        .filter(|s| !(s.up && s.healthy))
+        .count();
+    if bad > 0 {
+        anyhow::bail!(
+            "{bad} of {} servers are down or unhealthy",
+            report.servers.len()
+        );
+    }
+    Ok(())
 }
