@@ -4,11 +4,13 @@ pub mod agent;
 pub mod bench;
 pub mod demo;
 pub mod gateway;
+pub mod jobs;
 pub mod keygen;
 pub mod nats;
 pub mod policy;
 pub mod pull;
 pub mod sample;
+pub mod worker;
 
 /// The error of a subcommand that a later release fills.
 pub fn not_yet(what: &str) -> anyhow::Result<()> {
