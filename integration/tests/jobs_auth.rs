@@ -1,7 +1,8 @@
 //! Publish jobs with the auth callout: an institution connected with the
 //! permissions the callout issues (requests under its own id, its consumer
 //! slots, its private inbox) submits a job, watches its forwarded status and
-//! pulls its data; nothing beyond the dataset permissions is needed.
+//! pulls its data; nothing beyond the dataset permissions is needed. The
+//! worker runs with a facility agent's key and the agent role's permissions.
 
 mod jobs_support;
 mod partner_support;
@@ -36,6 +37,16 @@ async fn an_institution_with_callout_permissions_submits_watches_and_pulls_a_job
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
+    // The worker connects as a facility agent; its role covers the job subjects.
+    let worker_key = nkeys::KeyPair::new_user();
+    std::fs::write(
+        policies.join("roles.toml"),
+        format!(
+            "[[agent]]\nid = \"mfx-worker\"\nname = \"MFX job worker\"\ninstruments = [\"mfx\"]\nkeys = [{{ public = \"{}\" }}]\n",
+            worker_key.public_key()
+        ),
+    )
+    .unwrap();
     let mut config = GatewayConfig::local(&server.url(), &policies);
     config.auth = Some(AuthConfig {
         keys_dir: keys_dir.clone(),
@@ -46,11 +57,10 @@ async fn an_institution_with_callout_permissions_submits_watches_and_pulls_a_job
         .await
         .expect("gateway starts with the callout");
 
-    // The worker runs in the facility account (here as the gateway's service user).
     let root = dir.path().join("data");
     write_run(&root, "mfxp1234", 2, &[24]).await;
     let seed_file = dir.path().join("worker.nk");
-    std::fs::write(&seed_file, GatewayKeys::seed_of(&gateway_keys.service_user)).unwrap();
+    std::fs::write(&seed_file, worker_key.seed().unwrap()).unwrap();
     let toml = worker_toml(&server.url(), &root, "w1", 40.0);
     let toml = toml.replace(
         &format!("url = \"{}\"", server.url()),

@@ -72,9 +72,19 @@ pub fn institution_permissions(id: &str, slots: u32) -> Permissions {
 
 /// The permissions of a facility agent: publish events of its instruments and
 /// use the JetStream API (stream creation and publish acks); replies in `_INBOX.>`.
+///
+/// Agents also run publish jobs as workers (`docs/jobs.md`): they publish job
+/// data and status, update job records in the key-value bucket and
+/// acknowledge (with progress heartbeats) the jobs they take from the queue.
 pub fn agent_permissions(instruments: &[String]) -> Permissions {
+    use crate::jobs::protocol::{DATA_PREFIX, QUEUE_STREAM, RECORDS_BUCKET, STATUS_PREFIX};
     let mut publish: Vec<String> = instruments.iter().map(|i| stream_subjects(i)).collect();
     publish.push("$JS.API.>".to_string());
+    publish.push(format!("{DATA_PREFIX}.>"));
+    publish.push(format!("{STATUS_PREFIX}.>"));
+    publish.push(format!("$KV.{RECORDS_BUCKET}.>"));
+    publish.push(format!("$JS.ACK.{QUEUE_STREAM}.>"));
+    publish.push(format!("$JS.ACK.*.*.{QUEUE_STREAM}.>"));
     Permissions {
         publish: SubjectPermission {
             allow: publish,
