@@ -92,7 +92,7 @@ pub struct SubmitArgs {
     #[arg(long = "field")]
     fields: Vec<String>,
     /// Region of interest y0,y1,x0,x1 (half-open).
-    #[arg(long, value_delimiter = ',', num_args = 4)]
+    #[arg(long, value_delimiter = ',')]
     roi: Option<Vec<u64>>,
     /// n x n binning.
     #[arg(long)]
@@ -187,6 +187,11 @@ fn request_of(args: &SubmitArgs) -> anyhow::Result<JobRequest> {
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         return serde_json::from_slice(&text).with_context(|| format!("in {}", path.display()));
     }
+    let roi = match args.roi.as_deref() {
+        None => None,
+        Some(&[y0, y1, x0, x1]) => Some([y0, y1, x0, x1]),
+        Some(other) => anyhow::bail!("--roi takes four values y0,y1,x0,x1; got {other:?}"),
+    };
     Ok(JobRequest {
         instrument: args.instrument.clone().unwrap_or_default(),
         experiment: args.experiment.clone().unwrap_or_default(),
@@ -195,7 +200,7 @@ fn request_of(args: &SubmitArgs) -> anyhow::Result<JobRequest> {
         fields: args.fields.clone(),
         processing: JobProcessing {
             apply_to: Vec::new(),
-            roi: args.roi.as_ref().map(|v| [v[0], v[1], v[2], v[3]]),
+            roi,
             bin: args.bin,
             threshold: args.threshold,
             dtype: args.dtype.clone(),
