@@ -1,5 +1,10 @@
 //! The `lclstream` binary, built in this package for end-to-end tests.
 
+// Batches are megabytes each: glibc's malloc maps and unmaps such buffers on
+// every allocation, and the page faults cost more than encoding them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     lclstream_cli::main()
 }

@@ -26,14 +26,27 @@ pub fn unshuffle(data: &[u8], item_size: usize) -> Vec<u8> {
     }
 }
 
-// Fixed element sizes let the compiler unroll and vectorize the inner loops.
+// Fixed element sizes let the compiler unroll the inner loop; one pass over
+// the input writes all byte planes.
 fn shuffle_fixed<const N: usize>(data: &[u8]) -> Vec<u8> {
     let n = data.len() / N;
     let mut out = vec![0u8; data.len()];
     let (planes, tail) = out.split_at_mut(n * N);
-    for (b, plane) in planes.chunks_exact_mut(n.max(1)).enumerate().take(N) {
-        for (o, element) in plane.iter_mut().zip(data.chunks_exact(N)) {
-            *o = element[b];
+    if N == 2 {
+        let (low, high) = planes.split_at_mut(n);
+        for ((l, h), element) in low
+            .iter_mut()
+            .zip(high.iter_mut())
+            .zip(data.chunks_exact(2))
+        {
+            *l = element[0];
+            *h = element[1];
+        }
+    } else {
+        for (i, element) in data.chunks_exact(N).enumerate() {
+            for (b, &byte) in element.iter().enumerate() {
+                planes[b * n + i] = byte;
+            }
         }
     }
     tail.copy_from_slice(&data[n * N..]);
@@ -44,10 +57,17 @@ fn unshuffle_fixed<const N: usize>(data: &[u8]) -> Vec<u8> {
     let n = data.len() / N;
     let mut out = vec![0u8; data.len()];
     let (elements, tail) = out.split_at_mut(n * N);
-    for (i, element) in elements.chunks_exact_mut(N).enumerate() {
-        let element: &mut [u8; N] = element.try_into().expect("chunk of N bytes");
-        for (b, byte) in element.iter_mut().enumerate() {
-            *byte = data[b * n + i];
+    if N == 2 {
+        let (low, high) = data[..2 * n].split_at(n);
+        for ((element, &l), &h) in elements.chunks_exact_mut(2).zip(low).zip(high) {
+            element[0] = l;
+            element[1] = h;
+        }
+    } else {
+        for (i, element) in elements.chunks_exact_mut(N).enumerate() {
+            for (b, byte) in element.iter_mut().enumerate() {
+                *byte = data[b * n + i];
+            }
         }
     }
     tail.copy_from_slice(&data[n * N..]);
@@ -69,7 +89,11 @@ mod tests {
     fn round_trips_every_width() {
         let data: Vec<u8> = (0..=255u8).cycle().take(1003).collect();
         for width in [1, 2, 3, 4, 8] {
-            assert_eq!(unshuffle(&shuffle(&data, width), width), data, "width {width}");
+            assert_eq!(
+                unshuffle(&shuffle(&data, width), width),
+                data,
+                "width {width}"
+            );
         }
         assert_eq!(shuffle(&[], 4), Vec::<u8>::new());
     }
