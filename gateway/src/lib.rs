@@ -16,7 +16,7 @@ pub mod auth;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
-pub mod naming;
+pub use lclstream_nats::protocol::naming;
 pub mod policy;
 pub mod quota;
 pub mod service;

@@ -5,11 +5,14 @@
 //! - [`subjects`]: the subject scheme and stream naming.
 //! - [`streams`]: default JetStream stream and consumer settings.
 //! - [`synthetic`]: detector-like synthetic frames for demos and benchmarks.
+//! - [`protocol`]: data requests and publish jobs between partners, the
+//!   gateway and facility workers (JSON messages, names, job streams).
 //! - [`server`]: rendering nats-server configuration and launching real
 //!   nats-server processes for development, demos and tests.
 //! - [`topology`]: globally distributed deployments as data (edge leaf nodes,
 //!   facility and partner clusters, stream placement): render, run, status.
 
+pub mod protocol;
 pub mod server;
 pub mod streams;
 pub mod subjects;

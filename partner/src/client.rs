@@ -6,8 +6,8 @@ use async_nats::jetstream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use lclstream_gateway::naming::{inbox_prefix, notice_subject, request_subject};
-use lclstream_gateway::service::protocol::{
+use lclstream_nats::protocol::naming::{inbox_prefix, notice_subject, request_subject};
+use lclstream_nats::protocol::requests::{
     DatasetGrant, DatasetList, DatasetRequest, ErrorBody, ListRequest, ReleaseReply,
     ReleaseRequest, Reply, UsageReply, UsageRequest, VERB_LIST, VERB_RELEASE, VERB_REQUEST,
     VERB_USAGE,

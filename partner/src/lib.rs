@@ -39,7 +39,7 @@ mod pull;
 mod sink;
 
 pub use client::{PartnerClient, PartnerConfig, PartnerError};
-pub use lclstream_gateway::service::protocol::{
+pub use lclstream_nats::protocol::requests::{
     DatasetGrant, DatasetList, DatasetRequest, End, ErrorBody, ErrorCode, Notice, ReleaseReply,
     ReleaseRequest, Start, UsageReply,
 };

@@ -11,7 +11,7 @@ use lclstream_nats::wire::{self, headers as h, DecodeLimits, Reassembler};
 
 use crate::client::{PartnerClient, PartnerError};
 use crate::sink::{BatchInfo, EventSink};
-use lclstream_gateway::service::protocol::{DatasetGrant, End};
+use lclstream_nats::protocol::requests::{DatasetGrant, End};
 
 /// How to pull.
 #[derive(Debug, Clone)]

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
-use lclstream_gateway::jobs::protocol::{
+use lclstream_nats::protocol::job_stores::{update_record, Updated};
+use lclstream_nats::protocol::jobs::{
     now, status_subject, EventRange, JobRecord, JobSpec, JobState, JOB_HEADER,
 };
-use lclstream_gateway::jobs::store::{update_record, Updated};
 use lclstream_nats::wire::{self, headers as h, Batch, Compression, EncodeOptions, Event};
 use tokio::sync::mpsc;
 

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, AckKind};
 use futures::StreamExt;
-use lclstream_gateway::jobs::protocol::{now, queue_subject, JobSpec, JobState, QUEUE_STREAM};
-use lclstream_gateway::jobs::store::{self, update_record, JobStores, Updated};
+use lclstream_nats::protocol::job_stores::{self, update_record, JobStores, Updated};
+use lclstream_nats::protocol::jobs::{now, queue_subject, JobSpec, JobState, QUEUE_STREAM};
 
 pub use config::WorkerConfig;
 use job::{finish, JobRun, Outcome};
@@ -108,7 +108,7 @@ impl Worker {
     ) -> Result<WorkerReport, AgentError> {
         let client = connect(&self.config).await?;
         let js = jetstream::new(client.clone());
-        let records = store::ensure(&js, &JobStores::default())
+        let records = job_stores::ensure(&js, &JobStores::default())
             .await
             .map_err(|e| AgentError::Nats(format!("job streams: {e}")))?;
         let queue = js
@@ -314,7 +314,8 @@ async fn handle(shared: &Arc<Shared>, message: jetstream::Message, report: &mut 
         }
         Outcome::Cancelled => {
             report.cancelled += 1;
-            let current = store::read_record(&shared.records, &spec.institution, &spec.job).await;
+            let current =
+                job_stores::read_record(&shared.records, &spec.institution, &spec.job).await;
             if let Ok(Some((current, _))) = current {
                 JobRun::send_status(&shared.client, &current).await;
             }

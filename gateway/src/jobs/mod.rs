@@ -13,9 +13,9 @@
 //! - [`store`]: the streams, the records bucket and record updates.
 //! - [`service`]: the gateway endpoints and the status relay.
 
-pub mod protocol;
+pub use lclstream_nats::protocol::jobs as protocol;
 pub mod service;
-pub mod store;
+pub use lclstream_nats::protocol::job_stores as store;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 
 pub mod consumers;
 pub mod meter;
-pub mod protocol;
+pub use lclstream_nats::protocol::requests as protocol;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -3,9 +3,9 @@
 use lclstream_nats::subjects::subject_within;
 use time::OffsetDateTime;
 
+pub use super::protocol::check_label;
 use super::protocol::{
-    DatasetRequest, End, ErrorBody, ErrorCode, Start, MAX_FILTERS, MAX_FILTER_LEN, MAX_LABEL_LEN,
-    MAX_SEQUENCE,
+    DatasetRequest, End, ErrorBody, ErrorCode, Start, MAX_FILTERS, MAX_FILTER_LEN, MAX_SEQUENCE,
 };
 use crate::policy::{Grant, InstitutionPolicy};
 
@@ -63,21 +63,6 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
         }
         i += 1;
     }
-}
-
-/// Checks a label: 1 to 64 characters of `[A-Za-z0-9_-]`.
-pub fn check_label(label: &str) -> Result<(), ErrorBody> {
-    if label.is_empty()
-        || label.len() > MAX_LABEL_LEN
-        || !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(bad(format!(
-            "label: {label:?} must be 1 to {MAX_LABEL_LEN} letters, digits, '_' or '-'"
-        )));
-    }
-    Ok(())
 }
 
 fn check_sequence(field: &str, sequence: u64) -> Result<(), ErrorBody> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 
-use super::protocol::{
+use super::jobs::{
     record_key, JobRecord, DATA_PREFIX, DATA_STREAM, QUEUE_PREFIX, QUEUE_STREAM, RECORDS_BUCKET,
 };
 
@@ -161,7 +161,7 @@ pub async fn update_record(
         if !change(&mut record) {
             return Ok(Updated::Unchanged(record));
         }
-        record.updated = super::protocol::now();
+        record.updated = super::jobs::now();
         let value = Bytes::from(serde_json::to_vec(&record)?);
         match records.update(&key, value, revision).await {
             Ok(_) => return Ok(Updated::Stored(record)),

@@ -12,7 +12,7 @@
 //!   institution id in the subject is the identity the gateway trusts, and the
 //!   auth callout grants publish only on `lclstream.gateway.<its-id>.>`.
 
-use lclstream_nats::subjects::GATEWAY_PREFIX;
+use crate::subjects::GATEWAY_PREFIX;
 
 /// Name of consumer slot `k` of an institution: `<institution>-c<k>`.
 ///

@@ -383,6 +383,22 @@ pub struct Notice {
     pub until: Option<OffsetDateTime>,
 }
 
+/// Checks a label: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn check_label(label: &str) -> Result<(), ErrorBody> {
+    if label.is_empty()
+        || label.len() > MAX_LABEL_LEN
+        || !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("label: {label:?} must be 1 to {MAX_LABEL_LEN} letters, digits, '_' or '-'"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::service::protocol::{DatasetGrant, ErrorBody, ErrorCode};
-use lclstream_nats::subjects::validate_token;
-use lclstream_nats::wire::DType;
+use crate::protocol::requests::{DatasetGrant, ErrorBody, ErrorCode};
+use crate::subjects::validate_token;
+use crate::wire::DType;
 
 /// Verb: submit a job (`jobs.submit`).
 pub const VERB_SUBMIT: &str = "jobs.submit";
@@ -80,7 +80,10 @@ pub fn record_key(institution: &str, job: &str) -> String {
 /// Subject on which the gateway forwards a job's status to its institution:
 /// `_INBOX_<institution>.jobs.<job-id>` (inside the institution's private inbox).
 pub fn watch_subject(institution: &str, job: &str) -> String {
-    format!("{}.jobs.{job}", crate::naming::inbox_prefix(institution))
+    format!(
+        "{}.jobs.{job}",
+        crate::protocol::naming::inbox_prefix(institution)
+    )
 }
 
 /// The current time (UTC), for records.
@@ -256,7 +259,7 @@ pub fn check_request(request: &JobRequest) -> Result<(), ErrorBody> {
         }
     }
     if let Some(label) = &request.label {
-        crate::service::validate::check_label(label)?;
+        crate::protocol::requests::check_label(label)?;
     }
     Ok(())
 }
