@@ -82,14 +82,8 @@ impl Figures {
 
 /// Peak resident memory of this process (VmHWM) in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
+    super::support::memory_of(None)
+        .map(|m| super::support::mib(m.hwm_kib))
         .unwrap_or(0.0)
 }
 
