@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::batcher::{run_batcher, BatchSink};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, NatsConfig};
 use crate::hdf5_source::run_hdf5;
 use crate::metrics::{self, Metrics};
 use crate::process::Processor;
@@ -119,37 +119,6 @@ impl Agent {
             })
     }
 
-    async fn connect(&self) -> Result<async_nats::Client, AgentError> {
-        let nats = &self.config.nats;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(&nats.name)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((100 * attempts as u64).min(1000))
-            });
-        if let Some(path) = &nats.credentials_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| AgentError::Io {
-                    context: format!("nats.credentials_file {}", path.display()),
-                    source: e,
-                })?;
-        }
-        if let Some(path) = &nats.nkey_seed_file {
-            let seed = std::fs::read_to_string(path).map_err(|e| AgentError::Io {
-                context: format!("nats.nkey_seed_file {}", path.display()),
-                source: e,
-            })?;
-            options = options.nkey(seed.trim().to_string());
-        }
-        options
-            .connect(nats.url.as_str())
-            .await
-            .map_err(|e| AgentError::Nats(format!("connecting to {}: {e}", nats.url)))
-    }
-
     /// Runs until `shutdown` resolves, or, when every source is finite and
     /// `exit_when_done` is set, until every event is read and acknowledged.
     ///
@@ -192,7 +161,7 @@ impl Agent {
             }
             None => None,
         };
-        let client = self.connect().await?;
+        let client = connect(&self.config.nats, &self.config.nats.name).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_millis(config.publish.ack_timeout_ms))
             .build(client);
@@ -397,4 +366,37 @@ impl Agent {
         publisher_result.unwrap_or(Ok(()))?;
         Ok(report)
     }
+}
+
+/// Connects to NATS as configured (credentials file or nkey seed file),
+/// retrying the first connection and reconnecting forever: a broker outage
+/// must pause an agent or worker, never end it.
+pub async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, AgentError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(1000))
+        });
+    if let Some(path) = &nats.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| AgentError::Io {
+                context: format!("nats.credentials_file {}", path.display()),
+                source: e,
+            })?;
+    }
+    if let Some(path) = &nats.nkey_seed_file {
+        let seed = std::fs::read_to_string(path).map_err(|e| AgentError::Io {
+            context: format!("nats.nkey_seed_file {}", path.display()),
+            source: e,
+        })?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    options
+        .connect(nats.url.as_str())
+        .await
+        .map_err(|e| AgentError::Nats(format!("connecting to {}: {e}", nats.url)))
 }

@@ -61,34 +61,6 @@ struct Shared {
     stop: Arc<AtomicBool>,
 }
 
-async fn connect(config: &WorkerConfig) -> Result<async_nats::Client, AgentError> {
-    let nats = &config.nats;
-    let mut options = async_nats::ConnectOptions::new()
-        .name(config.worker_name())
-        .retry_on_initial_connect()
-        .max_reconnects(None);
-    if let Some(path) = &nats.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| AgentError::Io {
-                context: format!("nats.credentials_file {}", path.display()),
-                source: e,
-            })?;
-    }
-    if let Some(path) = &nats.nkey_seed_file {
-        let seed = std::fs::read_to_string(path).map_err(|e| AgentError::Io {
-            context: format!("nats.nkey_seed_file {}", path.display()),
-            source: e,
-        })?;
-        options = options.nkey(seed.trim().to_string());
-    }
-    options
-        .connect(nats.url.as_str())
-        .await
-        .map_err(|e| AgentError::Nats(format!("connecting to {}: {e}", nats.url)))
-}
-
 impl Worker {
     /// A worker for a validated configuration.
     pub fn new(config: WorkerConfig) -> Worker {
@@ -106,7 +78,7 @@ impl Worker {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<WorkerReport, AgentError> {
-        let client = connect(&self.config).await?;
+        let client = crate::agent::connect(&self.config.nats, &self.config.worker_name()).await?;
         let js = jetstream::new(client.clone());
         let records = job_stores::ensure(&js, &JobStores::default())
             .await

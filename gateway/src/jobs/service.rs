@@ -22,10 +22,10 @@ use crate::naming::{consumer_slot_name, institution_of_subject, parse_consumer_s
 use crate::policy::InstitutionPolicy;
 use crate::service::consumers::{filters_of, list_institution, META_INSTITUTION, META_KIND};
 use crate::service::protocol::{
-    DatasetGrant, ErrorBody, ErrorCode, PullLimitsReply, Reply, Start, MAX_REQUEST_BYTES,
+    DatasetGrant, ErrorBody, ErrorCode, PullLimitsReply, Start, MAX_REQUEST_BYTES,
 };
 use crate::service::validate::resolve_stream;
-use crate::service::ServiceContext;
+use crate::service::{respond, ServiceContext};
 use lclstream_nats::streams::{pull_consumer_config, StartPosition};
 use lclstream_nats::subjects::{DATA_ROOT, GATEWAY_PREFIX};
 
@@ -248,48 +248,16 @@ impl JobsService {
         let (outcome, details) = self
             .dispatch(verb, &institution, &who, &request.message.payload)
             .await;
-        let mut headers = async_nats::HeaderMap::new();
-        let (payload, decision, reason, details) = match outcome {
-            Ok(result) => (
-                serde_json::to_vec(&Reply::Ok { result }),
-                Decision::Allow,
-                "ok".to_string(),
-                details,
-            ),
-            Err(error) => {
-                headers.insert(
-                    async_nats::service::NATS_SERVICE_ERROR,
-                    error.reason.as_str(),
-                );
-                headers.insert(
-                    async_nats::service::NATS_SERVICE_ERROR_CODE,
-                    error.code.status().to_string().as_str(),
-                );
-                let mut details = details;
-                details["reason"] = error.reason.clone().into();
-                let reason = error.code.as_str().to_string();
-                (
-                    serde_json::to_vec(&Reply::<serde_json::Value>::Error { error }),
-                    Decision::Deny,
-                    reason,
-                    details,
-                )
-            }
-        };
-        self.ctx.audit.record(AuditRecord::now(
-            who,
-            Some(&institution),
+        respond(
+            &self.ctx.audit,
+            request,
             verb,
-            decision,
-            reason,
+            &institution,
+            who,
+            outcome,
             details,
-        ));
-        if let Err(e) = request
-            .respond_with_headers(Ok(Bytes::from(payload.unwrap_or_default())), headers)
-            .await
-        {
-            tracing::warn!("cannot reply on {subject}: {e}");
-        }
+        )
+        .await;
     }
 
     /// Runs one job verb for an institution; returns the result or refusal and audit details.

@@ -154,40 +154,17 @@ impl ServiceContext {
         let who = requester(request.message.headers.as_ref())
             .unwrap_or_else(|| format!("institution:{institution}"));
         let body = request.message.payload.clone();
-        let (outcome, mut details) = self.dispatch(verb, &institution, &body).await;
-        let mut headers = async_nats::HeaderMap::new();
-        let (payload, decision, reason) = match outcome {
-            Ok(result) => (Reply::Ok { result }, Decision::Allow, "ok"),
-            Err(error) => {
-                // Standard service error headers, for generic NATS tooling.
-                headers.insert(
-                    async_nats::service::NATS_SERVICE_ERROR,
-                    error.reason.as_str(),
-                );
-                headers.insert(
-                    async_nats::service::NATS_SERVICE_ERROR_CODE,
-                    error.code.status().to_string().as_str(),
-                );
-                details["reason"] = error.reason.clone().into();
-                let code = error.code.as_str();
-                (Reply::Error { error }, Decision::Deny, code)
-            }
-        };
-        self.audit.record(AuditRecord::now(
-            who,
-            Some(&institution),
+        let (outcome, details) = self.dispatch(verb, &institution, &body).await;
+        respond(
+            &self.audit,
+            request,
             verb,
-            decision,
-            reason,
+            &institution,
+            who,
+            outcome,
             details,
-        ));
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        if let Err(e) = request
-            .respond_with_headers(Ok(Bytes::from(payload)), headers)
-            .await
-        {
-            tracing::warn!("cannot reply on {subject}: {e}");
-        }
+        )
+        .await;
     }
 
     /// Runs one verb for an institution; returns the result or refusal and audit details.
@@ -562,4 +539,51 @@ fn requester(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
         .or_else(|| value.get("name"))
         .and_then(|v| v.as_str())
         .map(|u| format!("user:{u}"))
+}
+
+/// Replies to a service request with its outcome (refusals also in the
+/// standard service error headers, for generic NATS tooling) and records the
+/// decision in the audit log. Shared by the dataset and job endpoints.
+pub async fn respond(
+    audit: &Audit,
+    request: async_nats::service::Request,
+    verb: &str,
+    institution: &str,
+    who: String,
+    outcome: Result<serde_json::Value, ErrorBody>,
+    mut details: serde_json::Value,
+) {
+    let subject = request.message.subject.to_string();
+    let mut headers = async_nats::HeaderMap::new();
+    let (payload, decision, reason) = match outcome {
+        Ok(result) => (Reply::Ok { result }, Decision::Allow, "ok"),
+        Err(error) => {
+            headers.insert(
+                async_nats::service::NATS_SERVICE_ERROR,
+                error.reason.as_str(),
+            );
+            headers.insert(
+                async_nats::service::NATS_SERVICE_ERROR_CODE,
+                error.code.status().to_string().as_str(),
+            );
+            details["reason"] = error.reason.clone().into();
+            let code = error.code.as_str();
+            (Reply::Error { error }, Decision::Deny, code)
+        }
+    };
+    audit.record(AuditRecord::now(
+        who,
+        Some(institution),
+        verb,
+        decision,
+        reason,
+        details,
+    ));
+    let payload = serde_json::to_vec(&payload).unwrap_or_default();
+    if let Err(e) = request
+        .respond_with_headers(Ok(Bytes::from(payload)), headers)
+        .await
+    {
+        tracing::warn!("cannot reply on {subject}: {e}");
+    }
 }
