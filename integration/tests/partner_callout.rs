@@ -13,9 +13,7 @@ use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig};
 use lclstream_gateway::keys::GatewayKeys;
 use lclstream_gateway::policy::InstitutionKey;
 use lclstream_nats::server::NatsServer;
-use lclstream_partner::{
-    CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PullOptions, Start,
-};
+use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
 
 #[tokio::test]
@@ -67,37 +65,14 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
     )
     .await
     .expect("the callout authorizes the institution's key");
-    let grant = step(
-        "request",
-        partner.request_dataset(&DatasetRequest {
-            filters: vec!["lcls.mfx.mfxp1234.>".into()],
-            start: Start::All,
-            end: None,
-            label: Some("callout".into()),
-        }),
+    let (summary, indices) = request_and_pull(
+        &partner,
+        "lcls.mfx.mfxp1234.>",
+        "callout",
+        Duration::from_secs(3),
     )
-    .await
-    .expect("granted");
-    let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut sink = {
-        let collected = collected.clone();
-        CallbackSink::new(
-            move |_b: &lclstream_partner::BatchInfo, e: lclstream_nats::wire::Event| {
-                collected.lock().unwrap().push(e.index);
-                Ok(())
-            },
-        )
-    };
-    let options = PullOptions {
-        idle_timeout: Duration::from_secs(3),
-        ..Default::default()
-    };
-    let summary = step("pull", partner.pull(&grant, &options, &mut sink))
-        .await
-        .expect("pulled");
+    .await;
     assert_eq!(summary.events, 15);
-    let mut indices = collected.lock().unwrap().clone();
-    indices.sort();
     assert_eq!(indices, (0..15).collect::<Vec<u64>>());
 
     // A key the policies do not know is refused at connect time.

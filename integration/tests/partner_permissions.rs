@@ -12,9 +12,7 @@ use lclstream_gateway::auth::permissions::institution_permissions;
 use lclstream_gateway::gateway::{Gateway, GatewayConfig};
 use lclstream_gateway::policy::Quotas;
 use lclstream_nats::server::{quote, NatsServer};
-use lclstream_partner::{
-    CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PullOptions, Start,
-};
+use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
 
 fn list(items: &[String]) -> String {
@@ -76,37 +74,9 @@ async fn partner_needs_only_the_institution_permissions() {
     )
     .await
     .expect("the institution connects with its nkey");
-    let grant = step(
-        "request",
-        ucsd.request_dataset(&DatasetRequest {
-            filters: vec!["lcls.mfx.mfxp1234.>".into()],
-            start: Start::All,
-            end: None,
-            label: Some("perm".into()),
-        }),
-    )
-    .await
-    .expect("requests on its own subject are allowed");
-    let collected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut sink = {
-        let collected = collected.clone();
-        CallbackSink::new(
-            move |_b: &lclstream_partner::BatchInfo, e: lclstream_nats::wire::Event| {
-                collected.lock().unwrap().push(e.index);
-                Ok(())
-            },
-        )
-    };
-    let options = PullOptions {
-        idle_timeout: Duration::from_secs(3),
-        ..Default::default()
-    };
-    let summary = step("pull", ucsd.pull(&grant, &options, &mut sink))
-        .await
-        .expect("consumer info, pull and ack are allowed");
+    let (summary, indices) =
+        request_and_pull(&ucsd, "lcls.mfx.mfxp1234.>", "perm", Duration::from_secs(3)).await;
     assert_eq!(summary.events, 16);
-    let mut indices = collected.lock().unwrap().clone();
-    indices.sort();
     assert_eq!(indices, (0..16).collect::<Vec<u64>>());
     step("usage", ucsd.usage()).await.expect("usage is allowed");
 

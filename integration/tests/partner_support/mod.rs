@@ -5,7 +5,7 @@
 
 use std::future::IntoFuture;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -16,8 +16,11 @@ use lclstream_nats::server::NatsServer;
 use lclstream_nats::streams::StreamSettings;
 use lclstream_nats::subjects::DataSubject;
 use lclstream_nats::synthetic::DetectorModel;
-use lclstream_nats::wire::{self, Batch, EncodeOptions};
-use lclstream_partner::{PartnerClient, PartnerConfig};
+use lclstream_nats::wire::{self, Batch, EncodeOptions, Event};
+use lclstream_partner::{
+    BatchInfo, CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PullOptions,
+    PullSummary, Start,
+};
 use time::OffsetDateTime;
 
 /// Bound on any single awaited step.
@@ -176,4 +179,43 @@ pub async fn slot_consumers(js: &jetstream::Context, institution: &str) -> Vec<S
         .collect();
     names.sort();
     names
+}
+
+/// Requests `filter` under `label` and pulls until idle for `idle`; returns
+/// the pull summary and the event indices received, sorted.
+pub async fn request_and_pull(
+    partner: &PartnerClient,
+    filter: &str,
+    label: &str,
+    idle: Duration,
+) -> (PullSummary, Vec<u64>) {
+    let grant = step(
+        "request",
+        partner.request_dataset(&DatasetRequest {
+            filters: vec![filter.to_string()],
+            start: Start::All,
+            end: None,
+            label: Some(label.to_string()),
+        }),
+    )
+    .await
+    .expect("the dataset is granted");
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let mut sink = {
+        let collected = collected.clone();
+        CallbackSink::new(move |_: &BatchInfo, e: Event| {
+            collected.lock().unwrap().push(e.index);
+            Ok(())
+        })
+    };
+    let options = PullOptions {
+        idle_timeout: idle,
+        ..Default::default()
+    };
+    let summary = step("pull", partner.pull(&grant, &options, &mut sink))
+        .await
+        .expect("consumer info, pull and ack are allowed");
+    let mut indices = collected.lock().unwrap().clone();
+    indices.sort();
+    (summary, indices)
 }
