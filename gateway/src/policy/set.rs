@@ -710,6 +710,20 @@ fn check_subject_syntax(subject: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Subject spaces a stream named after `instrument` may hold: `LCLS_<INSTRUMENT>`
+/// holds `lcls.<instrument>.>`, and a partner site's mirror
+/// `LCLS_<INSTRUMENT>_<SITE>` (multi-site topologies) holds the subjects of the
+/// stream it mirrors, so every `_`-separated prefix is a candidate instrument.
+fn stream_subject_spaces(instrument: &str) -> Vec<String> {
+    let mut spaces = vec![stream_subjects(instrument)];
+    for (i, c) in instrument.char_indices() {
+        if c == '_' && i > 0 {
+            spaces.push(stream_subjects(&instrument[..i]));
+        }
+    }
+    spaces
+}
+
 fn check_grants(findings: &mut Findings, file: &Path, policy: &InstitutionPolicy) {
     if policy.grants.is_empty() {
         findings.error(
@@ -741,14 +755,15 @@ fn check_grants(findings: &mut Findings, file: &Path, policy: &InstitutionPolicy
                 continue;
             }
             if let Some(instrument) = &instrument {
-                let space = stream_subjects(instrument);
-                if !subject_within(subject, &space) {
+                let spaces = stream_subject_spaces(instrument);
+                if !spaces.iter().any(|space| subject_within(subject, space)) {
                     findings.error(
                         file,
                         &location,
                         format!(
-                            "{subject:?} is not within the subjects of {} ({space})",
-                            grant.stream
+                            "{subject:?} is not within the subjects of {} ({})",
+                            grant.stream,
+                            spaces.join(" or ")
                         ),
                     );
                 }
@@ -1075,6 +1090,10 @@ mod tests {
     #[test]
     fn stream_instruments() {
         assert_eq!(instrument_of_stream("LCLS_MFX").as_deref(), Some("mfx"));
+        assert_eq!(
+            stream_subject_spaces("mfx_partner_a"),
+            vec!["lcls.mfx_partner_a.>", "lcls.mfx.>", "lcls.mfx_partner.>"]
+        );
         assert_eq!(instrument_of_stream("LCLS_").as_deref(), None);
         assert_eq!(instrument_of_stream("LCLS_mfx").as_deref(), None);
         assert_eq!(instrument_of_stream("OTHER").as_deref(), None);

@@ -3,12 +3,8 @@
 //! TCP link that can be cut to simulate a WAN outage.
 //!
 //! The publisher runs in-process (encode with `wire::encode`, publish with
-//! `Nats-Msg-Id`). To drive the real agent instead, give [`Publisher`] a
-//! variant holding a `std::process::Child` started from
-//! `env!("CARGO_BIN_EXE_lclstream-e2e")` with `agent` arguments pointing at
-//! [`Deployment::edge_url`]; [`Publisher::kill`] then sends SIGKILL and
-//! [`Publisher::progress`] reads the edge stream's message count. The
-//! scenarios only use `spawn`, `progress`, `kill` and `finish`.
+//! `Nats-Msg-Id`); `topology_agent.rs` drives the real agent binary instead
+//! and counts events per subject with [`PerSubject`].
 
 #![allow(dead_code)]
 
@@ -23,6 +19,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use lclstream_nats::streams::{pull_consumer_config, PullLimits, StartPosition};
 use lclstream_nats::subjects::DataSubject;
+use lclstream_nats::topology::run::ConnectFn;
 use lclstream_nats::topology::{
     edge_stream_name, facility_stream_name, partner_stream_name, Plan, PortMode, RunningTopology,
     Topology,
@@ -73,15 +70,24 @@ pub async fn start_small(edit: impl FnOnce(&mut Topology)) -> Deployment {
 
 /// Starts a resolved plan, waits for readiness and creates the streams.
 pub async fn start_plan(plan: Plan) -> Deployment {
+    start_plan_with(plan, None).await
+}
+
+/// Like [`start_plan`], with the connect options (credentials) that stream
+/// creation and test clients use, for topologies with authentication.
+pub async fn start_plan_with(plan: Plan, connect: Option<ConnectFn>) -> Deployment {
     let dir = tempfile::Builder::new()
         .prefix("lclstream-topology-")
         .tempdir()
         .expect("temp dir");
     let path = dir.path().to_path_buf();
-    let running = tokio::task::spawn_blocking(move || RunningTopology::start_plan(plan, &path))
+    let mut running = tokio::task::spawn_blocking(move || RunningTopology::start_plan(plan, &path))
         .await
         .unwrap()
         .expect("topology starts");
+    if let Some(connect) = connect {
+        running.set_connect(connect);
+    }
     running
         .wait_ready(Duration::from_secs(30))
         .await
@@ -519,10 +525,97 @@ impl ReadOptions {
     }
 }
 
+/// Where a read loop counts what it processed.
+pub trait Tally {
+    /// Distinct events processed so far (the loop stops at `until_distinct`).
+    fn distinct(&self) -> u64;
+    /// Total acknowledged event deliveries.
+    fn total(&self) -> u64;
+    /// Counts the events of a confirmed batch received on `subject`.
+    fn record(&mut self, subject: &str, batch: &Batch);
+}
+
+impl Tally for Received {
+    fn distinct(&self) -> u64 {
+        Received::distinct(self)
+    }
+
+    fn total(&self) -> u64 {
+        Received::total(self)
+    }
+
+    fn record(&mut self, _subject: &str, batch: &Batch) {
+        for event in &batch.events {
+            match self.counts.get_mut(event.index as usize) {
+                Some(count) => *count += 1,
+                None => self.unexpected += 1,
+            }
+        }
+    }
+}
+
+/// Event counts per subject, for publishers with several sources (the agent).
+#[derive(Debug, Clone, Default)]
+pub struct PerSubject {
+    /// Expected subjects with their counts.
+    pub subjects: std::collections::BTreeMap<String, Received>,
+    /// Events received on subjects not expected.
+    pub unexpected_subjects: std::collections::BTreeMap<String, u64>,
+}
+
+impl PerSubject {
+    /// Expects events `0..n` on each `(subject, n)`.
+    pub fn new(expected: &[(String, u64)]) -> PerSubject {
+        PerSubject {
+            subjects: expected
+                .iter()
+                .map(|(s, n)| (s.clone(), Received::new(*n)))
+                .collect(),
+            unexpected_subjects: Default::default(),
+        }
+    }
+
+    /// Asserts every expected event of every subject was processed exactly once, and nothing else.
+    pub fn assert_exactly_once(&self) {
+        assert!(
+            self.unexpected_subjects.is_empty(),
+            "events on unexpected subjects: {:?}",
+            self.unexpected_subjects
+        );
+        for (subject, received) in &self.subjects {
+            eprintln!("checking {subject}");
+            received.assert_exactly_once(0..received.counts.len() as u64);
+        }
+    }
+}
+
+impl Tally for PerSubject {
+    fn distinct(&self) -> u64 {
+        self.subjects.values().map(Received::distinct).sum()
+    }
+
+    fn total(&self) -> u64 {
+        self.subjects.values().map(Received::total).sum::<u64>()
+            + self.unexpected_subjects.values().sum::<u64>()
+    }
+
+    fn record(&mut self, subject: &str, batch: &Batch) {
+        match self.subjects.get_mut(subject) {
+            Some(received) => received.record(subject, batch),
+            None => {
+                *self
+                    .unexpected_subjects
+                    .entry(subject.to_string())
+                    .or_default() += batch.events.len() as u64
+            }
+        }
+    }
+}
+
 /// Pulls, decodes and acknowledges messages, counting event indices into
 /// `received` only once the server confirmed the ack (`double_ack`), so that a
 /// message not confirmed is one the consumer will see again.
-pub async fn read(consumer: &PullConsumer, received: &mut Received, options: ReadOptions) {
+pub async fn read(consumer: &PullConsumer, received: &mut impl Tally, options: ReadOptions) {
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut acks = 0u64;
     // Bounded: every round waits at most 1 s and the deadline stops it.
@@ -570,18 +663,13 @@ pub async fn read(consumer: &PullConsumer, received: &mut Received, options: Rea
                 continue;
             }
             acks += 1;
-            for event in &batch.events {
-                match received.counts.get_mut(event.index as usize) {
-                    Some(count) => *count += 1,
-                    None => received.unexpected += 1,
-                }
-            }
+            received.record(message.subject.as_str(), &batch);
         }
     }
 }
 
 /// After the expected events arrived, checks for a short while that nothing more is delivered.
-pub async fn read_leftovers(consumer: &PullConsumer, received: &mut Received) {
+pub async fn read_leftovers(consumer: &PullConsumer, received: &mut impl Tally) {
     let before = received.total();
     let mut options = ReadOptions::until(u64::MAX, Duration::from_secs(2));
     options.batch = 64;
