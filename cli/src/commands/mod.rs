@@ -11,8 +11,3 @@ pub mod policy;
 pub mod pull;
 pub mod sample;
 pub mod worker;
-
-/// The error of a subcommand that a later release fills.
-pub fn not_yet(what: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`lclstream {what}` is not implemented yet")
-}
