@@ -207,10 +207,16 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            // Read up to the end of the request head (it may arrive in pieces).
             let mut request = [0u8; 2048];
-            let read =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-            let Ok(Ok(n)) = read else { return };
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout_at(deadline, stream.read(&mut request[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(read)) => n += read,
+                }
+            }
             let head = String::from_utf8_lossy(&request[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = if path == "/metrics" || path == "/" {

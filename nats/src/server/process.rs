@@ -330,7 +330,10 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Res
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: a formatted write would go out in pieces, and a server that
+    // answers after its first read would see half a request.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.take(64 * 1024 * 1024).read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
