@@ -18,14 +18,14 @@ use super::protocol::*;
 use super::store::{self, JobStores, Updated};
 use super::JobsConfig;
 use crate::audit::{AuditRecord, Decision};
-use crate::naming::{consumer_slot_name, institution_of_subject, parse_consumer_slot};
+use crate::naming::{consumer_slot_name, parse_consumer_slot};
 use crate::policy::InstitutionPolicy;
 use crate::service::consumers::{filters_of, list_institution, META_INSTITUTION, META_KIND};
 use crate::service::protocol::{
     DatasetGrant, ErrorBody, ErrorCode, PullLimitsReply, Start, MAX_REQUEST_BYTES,
 };
 use crate::service::validate::resolve_stream;
-use crate::service::{respond, ServiceContext};
+use crate::service::{caller, respond, ServiceContext};
 use lclstream_nats::streams::{pull_consumer_config, StartPosition};
 use lclstream_nats::subjects::{DATA_ROOT, GATEWAY_PREFIX};
 
@@ -240,11 +240,7 @@ impl JobsService {
     }
 
     async fn answer(&self, verb: &'static str, request: async_nats::service::Request) {
-        let subject = request.message.subject.to_string();
-        let institution = institution_of_subject(&subject)
-            .unwrap_or_default()
-            .to_string();
-        let who = format!("institution:{institution}");
+        let (institution, who) = caller(&request);
         let (outcome, details) = self
             .dispatch(verb, &institution, &who, &request.message.payload)
             .await;

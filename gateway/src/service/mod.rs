@@ -147,12 +147,7 @@ impl ServiceContext {
     }
 
     async fn answer(&self, verb: &'static str, request: async_nats::service::Request) {
-        let subject = request.message.subject.to_string();
-        let institution = institution_of_subject(&subject)
-            .unwrap_or_default()
-            .to_string();
-        let who = requester(request.message.headers.as_ref())
-            .unwrap_or_else(|| format!("institution:{institution}"));
+        let (institution, who) = caller(&request);
         let body = request.message.payload.clone();
         let (outcome, details) = self.dispatch(verb, &institution, &body).await;
         respond(
@@ -531,6 +526,17 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], empty: Option<T>) -> Result<T, E
 }
 
 /// The user behind a request when the server says (`Nats-Request-Info`, shared service imports).
+/// The institution a request speaks for (from its subject, which the auth
+/// callout's permissions make unforgeable) and who sent it, for the audit log.
+pub fn caller(request: &async_nats::service::Request) -> (String, String) {
+    let institution = institution_of_subject(&request.message.subject)
+        .unwrap_or_default()
+        .to_string();
+    let who = requester(request.message.headers.as_ref())
+        .unwrap_or_else(|| format!("institution:{institution}"));
+    (institution, who)
+}
+
 fn requester(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
     let info = headers?.get("Nats-Request-Info")?.as_str();
     let value: serde_json::Value = serde_json::from_str(info).ok()?;
