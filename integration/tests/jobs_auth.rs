@@ -12,10 +12,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use jobs_support::*;
 use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
-use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig};
+use lclstream_gateway::gateway::Gateway;
 use lclstream_gateway::jobs::protocol::{JobRecord, JobState};
 use lclstream_gateway::keys::GatewayKeys;
-use lclstream_gateway::policy::InstitutionKey;
 use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
 
@@ -26,14 +25,8 @@ async fn an_institution_with_callout_permissions_submits_watches_and_pulls_a_job
     let gateway_keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
     let settings = CalloutServerSettings::from_keys(&gateway_keys);
     let server = start_server(|c| c.blocks.extend(callout_server_blocks(&settings))).await;
-    let ucsd_key = nkeys::KeyPair::new_user();
     let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
-    ucsd.keys.push(InstitutionKey {
-        public: ucsd_key.public_key(),
-        comment: "test".into(),
-        revoked: false,
-        expires: None,
-    });
+    let ucsd_key = add_new_key(&mut ucsd);
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
@@ -47,12 +40,7 @@ async fn an_institution_with_callout_permissions_submits_watches_and_pulls_a_job
         ),
     )
     .unwrap();
-    let mut config = GatewayConfig::local(&server.url(), &policies);
-    config.auth = Some(AuthConfig {
-        keys_dir: keys_dir.clone(),
-        encrypt: true,
-        user_ttl_secs: 600,
-    });
+    let config = callout_config(&server.url(), &policies, &keys_dir);
     let gateway = step("gateway", Gateway::start(config))
         .await
         .expect("gateway starts with the callout");

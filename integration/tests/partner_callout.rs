@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
-use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig};
+use lclstream_gateway::gateway::Gateway;
 use lclstream_gateway::keys::GatewayKeys;
-use lclstream_gateway::policy::InstitutionKey;
 use lclstream_nats::server::NatsServer;
 use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
@@ -25,24 +24,13 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
     let server = NatsServer::start_with(|c| c.blocks.extend(callout_server_blocks(&settings)))
         .expect("nats-server starts with the callout");
 
-    let ucsd_key = nkeys::KeyPair::new_user();
     let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
-    ucsd.keys.push(InstitutionKey {
-        public: ucsd_key.public_key(),
-        comment: "test".into(),
-        revoked: false,
-        expires: None,
-    });
+    let ucsd_key = add_new_key(&mut ucsd);
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
-    let mut config = GatewayConfig::local(&server.url(), &policies);
+    let mut config = callout_config(&server.url(), &policies, &keys_dir);
     config.audit.file = Some(dir.path().join("audit.jsonl"));
-    config.auth = Some(AuthConfig {
-        keys_dir: keys_dir.clone(),
-        encrypt: true,
-        user_ttl_secs: 600,
-    });
     let gateway = step("gateway", Gateway::start(config))
         .await
         .expect("gateway starts with the callout");

@@ -19,16 +19,15 @@ use std::time::{Duration, Instant};
 use lclstream_gateway::auth::{
     callout_server_blocks, consumer_slot_name, CalloutServerSettings, FACILITY_ACCOUNT,
 };
-use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig};
+use lclstream_gateway::gateway::Gateway;
 use lclstream_gateway::keys::GatewayKeys;
-use lclstream_gateway::policy::InstitutionKey;
 use lclstream_nats::server::quote;
 use lclstream_nats::topology::run::ConnectFn;
 use lclstream_nats::topology::{partner_stream_name, PortMode, Topology};
 use lclstream_partner::{
     BatchInfo, CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PullOptions, Start,
 };
-use partner_support::{policy, quick_quotas, step, write_policies};
+use partner_support::{add_new_key, callout_config, policy, quick_quotas, step, write_policies};
 use topology_support::*;
 
 /// Leaf link user at the hub (leaf links are not covered by the callout).
@@ -104,25 +103,14 @@ async fn partner_authorized_by_the_callout_pulls_its_sites_mirror() {
     let facility_url = deployment.running.facility_urls()[0].clone();
 
     // Policies: the institution reads its site's mirror.
-    let ucsd_key = nkeys::KeyPair::new_user();
     let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
     ucsd.grants[0].stream = partner_stream_name(INSTRUMENT, PARTNER);
-    ucsd.keys.push(InstitutionKey {
-        public: ucsd_key.public_key(),
-        comment: "test".into(),
-        revoked: false,
-        expires: None,
-    });
+    let ucsd_key = add_new_key(&mut ucsd);
     let policies = work.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
-    let mut config = GatewayConfig::local(&partner_url, &policies);
+    let mut config = callout_config(&partner_url, &policies, &keys_dir);
     config.audit.file = Some(work.path().join("audit.jsonl"));
-    config.auth = Some(AuthConfig {
-        keys_dir: keys_dir.clone(),
-        encrypt: true,
-        user_ttl_secs: 600,
-    });
     let gateway = step("gateway start", Gateway::start(config))
         .await
         .expect("gateway starts at the partner site with the callout");

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use lclstream_gateway::gateway::{Gateway, GatewayConfig, GatewayHandle};
-use lclstream_gateway::policy::{Grant, InstitutionPolicy, Quotas};
+use lclstream_gateway::gateway::{AuthConfig, Gateway, GatewayConfig, GatewayHandle};
+use lclstream_gateway::policy::{Grant, InstitutionKey, InstitutionPolicy, Quotas};
 use lclstream_gateway::quota::ManualClock;
 use lclstream_nats::server::NatsServer;
 use lclstream_nats::streams::StreamSettings;
@@ -47,6 +47,29 @@ pub fn policy(id: &str, subjects: &[&str], quotas: Quotas) -> InstitutionPolicy 
         }],
         quotas,
     }
+}
+
+/// Adds a fresh nkey to `policy` and returns its key pair.
+pub fn add_new_key(policy: &mut InstitutionPolicy) -> nkeys::KeyPair {
+    let key = nkeys::KeyPair::new_user();
+    policy.keys.push(InstitutionKey {
+        public: key.public_key(),
+        comment: "test".into(),
+        revoked: false,
+        expires: None,
+    });
+    key
+}
+
+/// A gateway configuration that also runs the auth callout with the keys in `keys_dir`.
+pub fn callout_config(url: &str, policies: &Path, keys_dir: &Path) -> GatewayConfig {
+    let mut config = GatewayConfig::local(url, policies);
+    config.auth = Some(AuthConfig {
+        keys_dir: keys_dir.to_path_buf(),
+        encrypt: true,
+        user_ttl_secs: 600,
+    });
+    config
 }
 
 /// Quotas with quick redelivery (a crashed partner's messages come back in a second).
