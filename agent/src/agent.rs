@@ -393,7 +393,18 @@ pub async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client
             context: format!("nats.nkey_seed_file {}", path.display()),
             source: e,
         })?;
-        options = options.nkey(seed.trim().to_string());
+        let seed = seed.trim().to_string();
+        // Behind the auth callout a facility key may subscribe only to its
+        // own inbox, `_INBOX_<public key>`.
+        let key = nkeys::KeyPair::from_seed(&seed).map_err(|e| {
+            AgentError::Nats(format!(
+                "nats.nkey_seed_file {} does not hold a user nkey seed: {e}",
+                path.display()
+            ))
+        })?;
+        options = options.nkey(seed).custom_inbox_prefix(
+            lclstream_nats::protocol::naming::key_inbox_prefix(&key.public_key()),
+        );
     }
     options
         .connect(nats.url.as_str())

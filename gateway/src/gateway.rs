@@ -25,7 +25,11 @@ use crate::keys::GatewayKeys;
 use crate::policy::{PolicySet, PolicyStore, WatcherHandle};
 use crate::quota::{Clock, QuotaBook, SystemClock};
 use crate::service::meter::{Meter, MeterConfig, TickReport};
+use crate::service::notices::Notifier;
 use crate::service::{PolicyMap, ServiceContext, ServiceHandle, SharedPolicies};
+use lclstream_nats::protocol::naming::{
+    partner_api_prefix, FACILITY_API_PREFIX, GATEWAY_INBOX_PREFIX,
+};
 
 /// How the gateway connects to NATS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +80,11 @@ pub struct AuthConfig {
     /// Lifetime of the user JWTs the callout issues, in seconds.
     #[serde(default = "default_user_ttl")]
     pub user_ttl_secs: u64,
+    /// Public keys of facility administrators configured as static users of
+    /// the facility account (`CalloutServerSettings::admin_users`): the
+    /// sweep that closes connections of withdrawn keys leaves them alone.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -208,8 +217,11 @@ pub fn load_policies(dir: &Path) -> anyhow::Result<PolicyStore> {
 pub async fn connect(
     config: &NatsConfig,
     service_seed: Option<String>,
+    name: &str,
 ) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new().name("lclstream-gateway");
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
     if let Some(seed) = service_seed {
         options = options.nkey(seed);
     } else if let Some(path) = &config.nkey_seed_file {
@@ -276,6 +288,7 @@ impl Gateway {
                     store.clone(),
                     CalloutSettings {
                         user_ttl: Duration::from_secs(auth.user_ttl_secs.max(60)),
+                        exempt_users: auth.admin_keys.clone(),
                         ..Default::default()
                     },
                     audit_sink(audit.clone()),
@@ -285,14 +298,38 @@ impl Gateway {
             ),
             _ => None,
         };
-        let client = match connect(&config.nats, service_seed).await {
-            Ok(client) => client,
+        // With the callout, institutions live in their own account: the
+        // gateway meets them there through its partner-side user.
+        let front_seed = keys.as_ref().map(|k| GatewayKeys::seed_of(&k.front_user));
+        let connections = async {
+            let client = connect(&config.nats, service_seed, "lclstream-gateway").await?;
+            let front = match front_seed {
+                Some(seed) => {
+                    connect(&config.nats, Some(seed), "lclstream-gateway-partners").await?
+                }
+                None => client.clone(),
+            };
+            anyhow::Ok((client, front))
+        }
+        .await;
+        let (client, front) = match connections {
+            Ok(connections) => connections,
             Err(e) => {
                 if let Some(callout) = callout {
                     callout.shutdown().await;
                 }
                 return Err(e);
             }
+        };
+        let notifier = Arc::new(Notifier::new(
+            front.clone(),
+            keys.as_ref()
+                .and_then(|k| nkeys::KeyPair::from_seed(&GatewayKeys::seed_of(&k.notice_key)).ok()),
+        ));
+        let partner_api = if keys.is_some() {
+            partner_api_prefix()
+        } else {
+            FACILITY_API_PREFIX.to_string()
         };
         // Policy reloads (validated by the store) replace the service's view.
         let watcher = (config.policies.reload_secs > 0)
@@ -315,6 +352,7 @@ impl Gateway {
         };
         let meter = Arc::new(Meter::new(
             client.clone(),
+            notifier.clone(),
             policies.clone(),
             quotas.clone(),
             audit.clone(),
@@ -322,6 +360,9 @@ impl Gateway {
         ));
         let context = Arc::new(ServiceContext::new(
             client.clone(),
+            front.clone(),
+            notifier,
+            partner_api,
             policies.clone(),
             quotas.clone(),
             audit.clone(),

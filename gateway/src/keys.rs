@@ -275,7 +275,7 @@ pub fn load_or_generate(dir: &Path, name: &str, kind: KeyKind) -> Result<String,
 }
 
 /// The gateway's own keys: the callout issuer and encryption key, and the
-/// user keys of its three connections.
+/// user keys of its four connections and the notice-signing key.
 pub struct GatewayKeys {
     /// Account key that signs user JWTs and authorization responses (`A...`).
     pub issuer: KeyPair,
@@ -283,8 +283,15 @@ pub struct GatewayKeys {
     pub xkey: Option<XKey>,
     /// User that answers auth callout requests (account `AUTH`).
     pub callout_user: KeyPair,
-    /// User of the request service (account `LCLS`).
+    /// User of the gateway's facility-side connection (account `LCLS`):
+    /// consumers, job stores, metering.
     pub service_user: KeyPair,
+    /// User of the gateway's partner-side connection (account `PARTNERS`):
+    /// requests, replies, notices.
+    pub front_user: KeyPair,
+    /// Key that signs notices and forwarded job status, so that a partner
+    /// can tell them from anything else arriving on its notice subjects.
+    pub notice_key: KeyPair,
     /// User in the system account, to find and disconnect revoked connections.
     pub system_user: KeyPair,
 }
@@ -297,12 +304,15 @@ impl GatewayKeys {
             xkey: encrypt.then(XKey::new),
             callout_user: KeyPair::new_user(),
             service_user: KeyPair::new_user(),
+            front_user: KeyPair::new_user(),
+            notice_key: KeyPair::new_user(),
             system_user: KeyPair::new_user(),
         }
     }
 
     /// Reads the keys from `dir`, generating missing ones: `issuer.nk`,
-    /// `xkey.nk` (if `encrypt`), `callout.nk`, `service.nk`, `system.nk`.
+    /// `xkey.nk` (if `encrypt`), `callout.nk`, `service.nk`, `front.nk`,
+    /// `notices.nk`, `system.nk`.
     pub fn load_or_generate(dir: &Path, encrypt: bool) -> Result<GatewayKeys, KeyError> {
         let user = |name: &str| -> Result<KeyPair, KeyError> {
             load_or_generate(dir, name, KeyKind::Service)?;
@@ -321,6 +331,8 @@ impl GatewayKeys {
             xkey,
             callout_user: user("callout")?,
             service_user: user("service")?,
+            front_user: user("front")?,
+            notice_key: user("notices")?,
             system_user: user("system")?,
         })
     }

@@ -7,7 +7,7 @@ The Python counterpart of `lclstream pull` (see docs/gateway-protocol.md):
         --seed ucsd.nk --subject 'lcls.mfx.mfxp1234.>' --label run42 --idle-timeout 10
 
 1. connect with the institution's nkey seed and its private inbox prefix
-   `_INBOX_<institution>` (the only inbox it may subscribe to);
+   `_INBOX.<institution>` (the only inbox it may subscribe to);
 2. ask the gateway for a dataset on `lclstream.gateway.<institution>.request`;
 3. bind to the durable consumer the gateway created (no stream info, no
    consumer creation: partners are not allowed either);
@@ -71,7 +71,7 @@ async def main():
     parser.add_argument("--idle-timeout", type=float, default=10.0)
     args = parser.parse_args()
 
-    options = {"servers": [args.url], "inbox_prefix": f"_INBOX_{args.institution}"}
+    options = {"servers": [args.url], "inbox_prefix": f"_INBOX.{args.institution}"}
     if args.seed:
         try:
             import nkeys  # noqa: F401  (nats-py needs it to sign with the seed)
@@ -91,7 +91,7 @@ async def main():
     )
 
     js = nc.jetstream()
-    inbox = f"_INBOX_{args.institution}.".encode()
+    inbox = f"_INBOX.{args.institution}.".encode()
     sub = await js.pull_subscribe_bind(grant["consumer"], grant["stream"], inbox_prefix=inbox)
     batch_size = max(1, min(args.batch, grant["pull"]["max_batch"]))
     reassembler = Reassembler()

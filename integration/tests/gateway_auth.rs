@@ -125,7 +125,23 @@ struct Env {
     store: PolicyStore,
     decisions: Arc<Mutex<Vec<AuthDecision>>>,
     callout: Option<AuthCallout>,
+    /// A facility administrator (static user in the facility account).
     service: Client,
+    /// The gateway's partner-side user (partner account).
+    front: Client,
+    /// The administrator's public key (exempt from revocation sweeps).
+    admin_key: String,
+}
+
+impl Env {
+    /// Callout settings that leave the administrator connected, as a
+    /// gateway configured with `auth.admin_keys` does.
+    fn callout_settings(&self) -> CalloutSettings {
+        CalloutSettings {
+            exempt_users: vec![self.admin_key.clone()],
+            ..Default::default()
+        }
+    }
 }
 
 impl Env {
@@ -133,10 +149,13 @@ impl Env {
         Self::start_with(encrypt, CalloutSettings::default()).await
     }
 
-    async fn start_with(encrypt: bool, callout_settings: CalloutSettings) -> Env {
+    async fn start_with(encrypt: bool, mut callout_settings: CalloutSettings) -> Env {
         let keys = Keys::new();
         let gateway_keys = GatewayKeys::generate(encrypt);
-        let settings = CalloutServerSettings::from_keys(&gateway_keys);
+        let admin = KeyPair::new_user();
+        let mut settings = CalloutServerSettings::from_keys(&gateway_keys);
+        settings.admin_users.push(admin.public_key());
+        callout_settings.exempt_users.push(admin.public_key());
         let server = NatsServer::start_with(|config| {
             config.blocks.extend(callout_server_blocks(&settings));
         })
@@ -162,12 +181,18 @@ impl Env {
         .await
         .expect("callout connects");
         let service = within(
-            "service user connects",
-            ConnectOptions::with_nkey(GatewayKeys::seed_of(&gateway_keys.service_user))
+            "administrator connects",
+            ConnectOptions::with_nkey(admin.seed().unwrap()).connect(server.url()),
+        )
+        .await
+        .expect("the administrator bypasses the callout");
+        let front = within(
+            "front user connects",
+            ConnectOptions::with_nkey(GatewayKeys::seed_of(&gateway_keys.front_user))
                 .connect(server.url()),
         )
         .await
-        .expect("the service user bypasses the callout");
+        .expect("the gateway's partner-side user bypasses the callout");
         Env {
             server,
             keys,
@@ -177,6 +202,8 @@ impl Env {
             decisions,
             callout: Some(callout),
             service,
+            front,
+            admin_key: admin.public_key(),
         }
     }
 
@@ -261,9 +288,10 @@ async fn expect_violation(events: &mut mpsc::UnboundedReceiver<Event>, needle: &
     .await
 }
 
-/// Answers requests on `lclstream.gateway.>` with "pong", as the service would.
+/// Answers requests on `lclstream.gateway.*.*` with "pong", as the service
+/// would (as the gateway's partner-side user).
 async fn spawn_responder(service: &Client) -> tokio::task::JoinHandle<()> {
-    let mut requests = service.subscribe("lclstream.gateway.>").await.unwrap();
+    let mut requests = service.subscribe("lclstream.gateway.*.*").await.unwrap();
     service.flush().await.unwrap();
     let service = service.clone();
     tokio::spawn(async move {
@@ -279,9 +307,9 @@ async fn spawn_responder(service: &Client) -> tokio::task::JoinHandle<()> {
 async fn institution_can_request_and_pull_its_own_slot() {
     let env = Env::start(true).await;
     let js = env.create_stream_and_slots().await;
-    let _responder = spawn_responder(&env.service).await;
+    let _responder = spawn_responder(&env.front).await;
 
-    let (client, _events) = connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    let (client, _events) = connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .expect("a listed key connects");
     let reply = within(
@@ -292,8 +320,9 @@ async fn institution_can_request_and_pull_its_own_slot() {
     .expect("requests to the gateway and replies in the private inbox are allowed");
     assert_eq!(&reply.payload[..], b"pong");
 
-    // Pull and ack from its own slot, through consumer info + next + ack.
-    let partner = jetstream::new(client.clone());
+    // Pull and ack from its own slot, through consumer info + next + ack,
+    // with the JetStream API its account imports.
+    let partner = jetstream::with_prefix(client.clone(), "$JS.lclstream.API");
     let consumer: PullConsumer = within(
         "consumer info",
         partner.get_consumer_from_stream("ucsd-c0", "LCLS_MFX"),
@@ -351,13 +380,13 @@ async fn institution_can_request_and_pull_its_own_slot() {
 async fn institution_is_confined_to_its_own_subjects() {
     let env = Env::start(false).await;
     let js = env.create_stream_and_slots().await;
-    let (client, mut events) = connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    let (client, mut events) = connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .expect("a listed key connects");
 
     // Another institution's inbox, and the shared one.
-    let _other = client.subscribe("_INBOX_desy.>").await.unwrap();
-    expect_violation(&mut events, "_INBOX_desy.>").await;
+    let _other = client.subscribe("_INBOX.desy.>").await.unwrap();
+    expect_violation(&mut events, "_INBOX.desy.>").await;
     let _shared = client.subscribe("_INBOX.>").await.unwrap();
     expect_violation(&mut events, "_INBOX.>").await;
 
@@ -370,6 +399,8 @@ async fn institution_is_confined_to_its_own_subjects() {
 
     // Creating consumers is the gateway's job.
     for subject in [
+        "$JS.lclstream.API.CONSUMER.CREATE.LCLS_MFX.mine",
+        "$JS.lclstream.API.STREAM.INFO.LCLS_MFX",
         "$JS.API.CONSUMER.CREATE.LCLS_MFX.mine",
         "$JS.API.CONSUMER.CREATE.LCLS_MFX.mine.lcls.mfx.>",
         "$JS.API.CONSUMER.DURABLE.CREATE.LCLS_MFX.mine",
@@ -381,9 +412,12 @@ async fn institution_is_confined_to_its_own_subjects() {
 
     // Another institution's slot, and its gateway subjects.
     for subject in [
-        "$JS.API.CONSUMER.MSG.NEXT.LCLS_MFX.desy-c0",
-        "$JS.API.CONSUMER.INFO.LCLS_MFX.desy-c0",
+        "$JS.lclstream.API.CONSUMER.MSG.NEXT.LCLS_MFX.desy-c0",
+        "$JS.lclstream.API.CONSUMER.INFO.LCLS_MFX.desy-c0",
+        "$JS.API.CONSUMER.MSG.NEXT.LCLS_MFX.ucsd-c0",
         "$JS.ACK.LCLS_MFX.desy-c0.1.1.1.1.0",
+        "$JS.ACK.LCLS_MFX.desy-c0.1.ucsd-c0.1.1.0",
+        "$JS.ACK.LCLS_MFX.ucsd-c0.1.1.1.1.0.0",
         "lclstream.gateway.desy.request",
     ] {
         client.publish(subject, "{}".into()).await.unwrap();
@@ -391,7 +425,10 @@ async fn institution_is_confined_to_its_own_subjects() {
     }
     // Slots beyond its quota (concurrent_consumers = 2) are not granted.
     client
-        .publish("$JS.API.CONSUMER.MSG.NEXT.LCLS_MFX.ucsd-c2", "{}".into())
+        .publish(
+            "$JS.lclstream.API.CONSUMER.MSG.NEXT.LCLS_MFX.ucsd-c2",
+            "{}".into(),
+        )
         .await
         .unwrap();
     expect_violation(&mut events, "ucsd-c2").await;
@@ -492,10 +529,10 @@ async fn unknown_and_revoked_keys_are_refused_with_the_reason() {
 async fn revoking_a_key_in_the_policy_file_disconnects_it() {
     let env = Env::start(false).await;
     let _watcher = env.store.spawn_watcher(Duration::from_millis(200));
-    let (spare, mut spare_events) = connect_as(&env, &env.keys.ucsd_spare, "_INBOX_ucsd")
+    let (spare, mut spare_events) = connect_as(&env, &env.keys.ucsd_spare, "_INBOX.ucsd")
         .await
         .expect("the spare key connects before revocation");
-    let (other, _other_events) = connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    let (other, _other_events) = connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .expect("the main key connects");
     within("flush", spare.flush()).await.unwrap();
@@ -542,7 +579,8 @@ async fn revoking_a_key_in_the_policy_file_disconnects_it() {
 async fn agent_publishes_into_the_stream_but_reads_no_inbox_of_others() {
     let env = Env::start(true).await;
     env.create_stream_and_slots().await;
-    let (agent, mut events) = connect_as(&env, &env.keys.agent, "_INBOX")
+    let inbox = format!("_INBOX_{}", env.keys.agent.public_key());
+    let (agent, mut events) = connect_as(&env, &env.keys.agent, &inbox)
         .await
         .expect("the agent key connects");
     let js = jetstream::new(agent.clone());
@@ -557,8 +595,15 @@ async fn agent_publishes_into_the_stream_but_reads_no_inbox_of_others() {
         .expect("the stream stored it");
     assert_eq!(ack.stream, "LCLS_MFX");
     assert_eq!(ack.sequence, 2);
-    let _spy = agent.subscribe("_INBOX_ucsd.>").await.unwrap();
-    expect_violation(&mut events, "_INBOX_ucsd.>").await;
+    let _spy = agent.subscribe("_INBOX.ucsd.>").await.unwrap();
+    expect_violation(&mut events, "_INBOX.ucsd.>").await;
+    let _shared = agent.subscribe("_INBOX.>").await.unwrap();
+    expect_violation(&mut events, "_INBOX.>").await;
+    agent
+        .publish("$JS.API.STREAM.DELETE.LCLS_MFX", "".into())
+        .await
+        .unwrap();
+    expect_violation(&mut events, "$JS.API.STREAM.DELETE.LCLS_MFX").await;
     agent
         .publish("lcls.cxi.e1.1.det", "other instrument".into())
         .await
@@ -573,7 +618,7 @@ async fn connections_fail_while_the_callout_is_down_and_recover_after_restart() 
         callout.shutdown().await;
     }
     // Without the callout, connections fail (the server times them out).
-    assert!(connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    assert!(connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .is_err());
     let sink = Arc::new(|_: AuthDecision| {});
@@ -583,13 +628,13 @@ async fn connections_fail_while_the_callout_is_down_and_recover_after_restart() 
             &env.server.url(),
             &env.gateway_keys,
             env.store.clone(),
-            CalloutSettings::default(),
+            env.callout_settings(),
             sink,
         ),
     )
     .await
     .unwrap();
-    connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .expect("connects once the callout is back");
     callout.shutdown().await;
@@ -693,7 +738,7 @@ fn keygen_writes_a_private_seed_and_refuses_to_overwrite_it() {
 #[tokio::test]
 async fn a_restarted_gateway_closes_connections_of_keys_withdrawn_meanwhile() {
     let mut env = Env::start(false).await;
-    let (spare, mut spare_events) = connect_as(&env, &env.keys.ucsd_spare, "_INBOX_ucsd")
+    let (spare, mut spare_events) = connect_as(&env, &env.keys.ucsd_spare, "_INBOX.ucsd")
         .await
         .expect("the spare key connects");
     within("flush", spare.flush()).await.unwrap();
@@ -714,7 +759,7 @@ async fn a_restarted_gateway_closes_connections_of_keys_withdrawn_meanwhile() {
             &env.server.url(),
             &env.gateway_keys,
             store,
-            CalloutSettings::default(),
+            env.callout_settings(),
             sink,
         ),
     )
@@ -751,7 +796,7 @@ async fn short_lived_credentials_expire_and_are_renewed_by_reconnecting() {
         ..Default::default()
     };
     let env = Env::start_with(false, settings).await;
-    let (client, mut events) = connect_as(&env, &env.keys.ucsd, "_INBOX_ucsd")
+    let (client, mut events) = connect_as(&env, &env.keys.ucsd, "_INBOX.ucsd")
         .await
         .expect("connects");
     within("expiry, disconnect and reconnect", async {

@@ -76,7 +76,7 @@ async fn a_run_on_disk_is_streamed_processed_and_exactly_once() {
         record.subject,
         format!("lclstream.jobs.data.{}", record.job)
     );
-    assert_eq!(view.watch, format!("_INBOX_ucsd.jobs.{}", record.job));
+    assert_eq!(view.watch, format!("_INBOX.ucsd.jobs.{}", record.job));
     let grant = view.grant.as_ref().expect("the job has a consumer");
     assert_eq!(grant.stream, "LCLS_JOBS_DATA");
     assert_eq!(grant.filters, vec![record.subject.clone()]);

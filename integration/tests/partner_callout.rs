@@ -20,7 +20,9 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("keys");
     let gateway_keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
-    let settings = CalloutServerSettings::from_keys(&gateway_keys);
+    let admin = nkeys::KeyPair::new_user();
+    let mut settings = CalloutServerSettings::from_keys(&gateway_keys);
+    settings.admin_users.push(admin.public_key());
     let server = NatsServer::start_with(|c| c.blocks.extend(callout_server_blocks(&settings)))
         .expect("nats-server starts with the callout");
 
@@ -30,17 +32,19 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
     let mut config = callout_config(&server.url(), &policies, &keys_dir);
+    if let Some(auth) = config.auth.as_mut() {
+        auth.admin_keys.push(admin.public_key());
+    }
     config.audit.file = Some(dir.path().join("audit.jsonl"));
     let gateway = step("gateway", Gateway::start(config))
         .await
         .expect("gateway starts with the callout");
 
-    // Data published in the facility account (as the gateway's service user here).
-    let facility =
-        async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&gateway_keys.service_user))
-            .connect(server.url())
-            .await
-            .unwrap();
+    // Data published in the facility account (as an administrator here).
+    let facility = async_nats::ConnectOptions::with_nkey(admin.seed().unwrap())
+        .connect(server.url())
+        .await
+        .unwrap();
     publish(&jetstream::new(facility), "mfxp1234", 6, 5, 3, 16).await;
 
     let partner = step(

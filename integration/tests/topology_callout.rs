@@ -35,16 +35,16 @@ const LEAF_USER: &str = "edge";
 const LEAF_PASSWORD: &str = "edge-secret";
 
 /// The edge's own accounts: the data account (publishers on the DAQ network
-/// land in it without credentials, the gateway's service user may manage its
+/// land in it without credentials, the facility administrator manages its
 /// stream) and a system account. The edge is its own JetStream domain and
 /// carries no callout.
-fn edge_accounts(service_user: &str) -> String {
+fn edge_accounts(admin_user: &str) -> String {
     format!(
         "accounts {{\n  {FACILITY_ACCOUNT} {{\n    jetstream: enabled\n    users: [ \
          {{ user: \"daq\", password: \"daq\" }}, {{ nkey: {} }} ]\n  }}\n  \
          SYS {{\n    users: [ {{ user: \"edge-system\", password: \"edge-system\" }} ]\n  }}\n}}\n\
          system_account: SYS\nno_auth_user: \"daq\"\n",
-        quote(service_user)
+        quote(admin_user)
     )
 }
 
@@ -72,14 +72,18 @@ async fn partner_authorized_by_the_callout_pulls_its_sites_mirror() {
     let work = tempfile::tempdir().unwrap();
     let keys_dir = work.path().join("keys");
     let keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
-    let settings = CalloutServerSettings::from_keys(&keys);
+    // Streams, sources and mirrors are set up by a facility administrator: a
+    // static user of the facility account on every site.
+    let admin = nkeys::KeyPair::new_user();
+    let mut settings = CalloutServerSettings::from_keys(&keys);
+    settings.admin_users.push(admin.public_key());
 
     let mut topology = Topology::load(topology_file("test-small.toml")).unwrap();
     // Every server where institutions may connect carries the same callout
     // blocks: accounts must match across the supercluster's NATS gateways.
     topology.add_blocks(Some("facility"), callout_server_blocks(&settings));
     topology.add_blocks(Some(PARTNER), callout_server_blocks(&settings));
-    topology.add_blocks(Some(EDGE), vec![edge_accounts(&settings.service_user)]);
+    topology.add_blocks(Some(EDGE), vec![edge_accounts(&admin.public_key())]);
     topology.auth.leaf_account = Some(FACILITY_ACCOUNT.to_string());
     topology.auth.leafnode_authorization = Some(format!(
         "users = [ {{ user: {}, password: {}, account: {} }} ]",
@@ -94,10 +98,9 @@ async fn partner_authorized_by_the_callout_pulls_its_sites_mirror() {
         .map(|addr| format!("nats-leaf://{LEAF_USER}:{LEAF_PASSWORD}@{addr}"))
         .collect();
     plan.set_leaf_remotes(EDGE, remotes);
-    // Streams are created as the gateway's service user: a callout `auth_user`.
-    let service_seed = GatewayKeys::seed_of(&keys.service_user);
+    let admin_seed = admin.seed().unwrap();
     let connect: ConnectFn =
-        Arc::new(move || async_nats::ConnectOptions::with_nkey(service_seed.clone()));
+        Arc::new(move || async_nats::ConnectOptions::with_nkey(admin_seed.clone()));
     let deployment = start_plan_with(plan, Some(connect)).await;
     let partner_url = deployment.running.partner_urls(Some(PARTNER)).unwrap()[0].clone();
     let facility_url = deployment.running.facility_urls()[0].clone();
@@ -110,6 +113,9 @@ async fn partner_authorized_by_the_callout_pulls_its_sites_mirror() {
     std::fs::create_dir_all(&policies).unwrap();
     write_policies(&policies, &[ucsd]);
     let mut config = callout_config(&partner_url, &policies, &keys_dir);
+    if let Some(auth) = config.auth.as_mut() {
+        auth.admin_keys.push(admin.public_key());
+    }
     config.audit.file = Some(work.path().join("audit.jsonl"));
     let gateway = step("gateway start", Gateway::start(config))
         .await

@@ -6,12 +6,13 @@ use async_nats::jetstream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use lclstream_nats::protocol::naming::{inbox_prefix, notice_subject, request_subject};
+use lclstream_nats::protocol::naming::{inbox_prefix, request_subject};
 use lclstream_nats::protocol::requests::{
-    DatasetGrant, DatasetList, DatasetRequest, ErrorBody, ListRequest, ReleaseReply,
+    DatasetGrant, DatasetList, DatasetRequest, ErrorBody, ListRequest, Notice, ReleaseReply,
     ReleaseRequest, Reply, UsageReply, UsageRequest, VERB_LIST, VERB_RELEASE, VERB_REQUEST,
     VERB_USAGE,
 };
+use lclstream_nats::protocol::signing::{verify, SIGNATURE_HEADER};
 
 /// How long a gateway request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,7 +55,6 @@ pub struct PartnerConfig {
 #[derive(Clone)]
 pub struct PartnerClient {
     pub(crate) client: async_nats::Client,
-    pub(crate) js: jetstream::Context,
     institution: String,
 }
 
@@ -77,10 +77,15 @@ impl PartnerClient {
     /// Wraps an existing connection (which must use the institution's inbox prefix).
     pub fn from_client(client: async_nats::Client, institution: &str) -> PartnerClient {
         PartnerClient {
-            js: jetstream::new(client.clone()),
             client,
             institution: institution.to_string(),
         }
+    }
+
+    /// JetStream through `api_prefix`, as a grant names it (`$JS.lclstream.API`
+    /// behind the auth callout).
+    pub fn jetstream(&self, api_prefix: &str) -> jetstream::Context {
+        jetstream::with_prefix(self.client.clone(), api_prefix)
     }
 
     /// The underlying connection.
@@ -147,11 +152,70 @@ impl PartnerClient {
         self.call(VERB_RELEASE, request).await
     }
 
-    /// Subscribes to the gateway's notices for this institution.
-    pub async fn notices(&self) -> Result<async_nats::Subscriber, PartnerError> {
-        self.client
-            .subscribe(notice_subject(&self.institution))
+    /// The gateway's notices for this institution, verified: only messages
+    /// signed by the gateway's notice key (learned from a `usage` reply) and
+    /// addressed to this institution are yielded; anything else arriving on
+    /// the notice subject (another institution can aim its own pull replies
+    /// there) is dropped with a warning.
+    pub async fn notices(&self) -> Result<Notices, PartnerError> {
+        let usage = self.usage().await?;
+        let subscriber = self
+            .client
+            .subscribe(usage.notices.clone())
             .await
-            .map_err(PartnerError::nats)
+            .map_err(PartnerError::nats)?;
+        Ok(Notices {
+            subscriber,
+            key: usage.notices_key,
+            institution: self.institution.clone(),
+        })
+    }
+}
+
+/// Checks that `message` was signed by the gateway's notice key `key`
+/// (`None`: a gateway without the auth callout, which signs nothing).
+pub fn verify_from_gateway(key: Option<&str>, message: &async_nats::Message) -> Result<(), String> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let header = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SIGNATURE_HEADER))
+        .map(|v| v.as_str());
+    verify(key, &message.subject, &message.payload, header)
+}
+
+/// Verified notices of one institution ([`PartnerClient::notices`]).
+pub struct Notices {
+    subscriber: async_nats::Subscriber,
+    key: Option<String>,
+    institution: String,
+}
+
+impl Notices {
+    /// The next genuine notice; `None` when the connection closes.
+    pub async fn next(&mut self) -> Option<Notice> {
+        use futures::StreamExt;
+        while let Some(message) = self.subscriber.next().await {
+            match self.check(&message) {
+                Ok(notice) => return Some(notice),
+                Err(why) => tracing::warn!(
+                    subject = %message.subject,
+                    "dropping a message on the notice subject: {why}"
+                ),
+            }
+        }
+        None
+    }
+
+    fn check(&self, message: &async_nats::Message) -> Result<Notice, String> {
+        verify_from_gateway(self.key.as_deref(), message)?;
+        let notice: Notice =
+            serde_json::from_slice(&message.payload).map_err(|e| format!("not a notice: {e}"))?;
+        if notice.institution != self.institution {
+            return Err(format!("addressed to {:?}", notice.institution));
+        }
+        Ok(notice)
     }
 }

@@ -93,7 +93,7 @@ impl PartnerClient {
     ) -> Result<PullSummary, PartnerError> {
         // Consumer info only: partners may not read stream info or create consumers.
         let consumer: PullConsumer = self
-            .js
+            .jetstream(&grant.api_prefix)
             .get_consumer_from_stream(&grant.consumer, &grant.stream)
             .await
             .map_err(|e| {

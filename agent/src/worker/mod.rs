@@ -69,7 +69,7 @@ impl Worker {
 
     /// The durable work-queue consumer of an instrument (shared by all its workers).
     pub fn consumer_name(instrument: &str) -> String {
-        format!("jobs-{}", instrument.to_ascii_lowercase())
+        lclstream_nats::protocol::jobs::worker_consumer_name(instrument)
     }
 
     /// Takes and runs jobs until `shutdown` resolves. A job running at

@@ -247,7 +247,7 @@ pub async fn watch(
         bar.set_position(r.events);
         bar.set_message(format!("{} {}", r.job, r.state));
     };
-    let mut record = view.record;
+    let mut record = view.record.clone();
     show(&record);
     let deadline = Instant::now() + timeout;
     // Status arrives pushed; a periodic poll covers missed messages.
@@ -259,8 +259,14 @@ pub async fn watch(
         tokio::select! {
             message = updates.next() => {
                 if let Some(m) = message {
-                    if let Ok(r) = serde_json::from_slice::<JobRecord>(&m.payload) {
-                        record = r;
+                    // Only status the gateway signed, about this job: anything
+                    // else on the subject is not from the gateway.
+                    match lclstream_partner::verify_from_gateway(view.notices_key.as_deref(), &m) {
+                        Ok(()) => match serde_json::from_slice::<JobRecord>(&m.payload) {
+                            Ok(r) if r.job == record.job => record = r,
+                            _ => tracing::warn!("ignoring a status update not about job {job}"),
+                        },
+                        Err(why) => tracing::warn!("ignoring a status update: {why}"),
                     }
                 }
             }

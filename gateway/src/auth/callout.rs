@@ -19,15 +19,18 @@ use super::claims::{
 use super::jwt::{self, Claims, StandardClaims};
 use super::permissions::permissions_for;
 use super::revoke;
-use super::server_config::FACILITY_ACCOUNT;
+use super::server_config::{FACILITY_ACCOUNT, PARTNER_ACCOUNT};
 use crate::keys::GatewayKeys;
-use crate::policy::{Identity, PolicyChange, PolicyStore, Principal};
+use crate::policy::{Access, Identity, PolicyChange, PolicyStore, Principal};
+use lclstream_nats::protocol::naming::GATEWAY_INBOX_PREFIX;
 
 /// Settings of the callout service.
 #[derive(Debug, Clone)]
 pub struct CalloutSettings {
-    /// Account every authorized connection lands in (the user JWT's `aud`).
+    /// Account agents and operators land in (the user JWT's `aud`).
     pub account: String,
+    /// Account institutions land in.
+    pub partner_account: String,
     /// Lifetime of issued user JWTs: the server closes the connection when it
     /// ends and the client reconnects through the callout again. A fallback
     /// for revocation, which normally disconnects at once.
@@ -42,6 +45,7 @@ impl Default for CalloutSettings {
     fn default() -> Self {
         CalloutSettings {
             account: FACILITY_ACCOUNT.to_string(),
+            partner_account: PARTNER_ACCOUNT.to_string(),
             user_ttl: Duration::from_secs(3600),
             exempt_users: Vec::new(),
         }
@@ -174,7 +178,12 @@ impl AuthCallout {
         mut settings: CalloutSettings,
         sink: AuthDecisionSink,
     ) -> anyhow::Result<AuthCallout> {
-        for user in [&keys.callout_user, &keys.service_user, &keys.system_user] {
+        for user in [
+            &keys.callout_user,
+            &keys.service_user,
+            &keys.front_user,
+            &keys.system_user,
+        ] {
             settings.exempt_users.push(user.public_key());
         }
         let callout =
@@ -185,6 +194,7 @@ impl AuthCallout {
                 .await?;
         let system = async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.system_user))
             .name("lclstream-gateway-system")
+            .custom_inbox_prefix(GATEWAY_INBOX_PREFIX)
             .retry_on_initial_connect()
             .connect(url)
             .await?;
@@ -450,9 +460,13 @@ impl Service {
         if let Some(key_expires) = identity.key_expires {
             expires = expires.min(key_expires.unix_timestamp());
         }
+        let account = match identity.access {
+            Access::Institution { .. } => &self.settings.partner_account,
+            Access::Agent { .. } | Access::Operator => &self.settings.account,
+        };
         let mut claims = Claims {
             standard: StandardClaims {
-                aud: self.settings.account.clone(),
+                aud: account.clone(),
                 exp: expires,
                 // The connection's user name: lets revocation find it by key.
                 name: nkey.clone(),
@@ -512,7 +526,30 @@ impl Service {
         principal: Option<Principal>,
         reason: &str,
     ) {
-        match revoke::disconnect_key(system, &self.settings.account, key).await {
+        for account in self.accounts() {
+            self.disconnect_in(system, account, key, principal.clone(), reason)
+                .await;
+        }
+    }
+
+    /// The accounts callout users land in.
+    fn accounts(&self) -> Vec<&str> {
+        let mut accounts = vec![self.settings.account.as_str()];
+        if self.settings.partner_account != self.settings.account {
+            accounts.push(self.settings.partner_account.as_str());
+        }
+        accounts
+    }
+
+    async fn disconnect_in(
+        &self,
+        system: &Client,
+        account: &str,
+        key: &str,
+        principal: Option<Principal>,
+        reason: &str,
+    ) {
+        match revoke::disconnect_key(system, account, key).await {
             Ok(kicked) => {
                 for connection in kicked {
                     self.emit(AuthDecision {
@@ -536,21 +573,24 @@ impl Service {
 
     /// Disconnects every live connection whose key no longer authenticates.
     async fn sweep(&self, system: &Client) {
-        let connections = match revoke::list_connections(
-            system,
-            &self.settings.account,
-            None,
-            Duration::from_secs(2),
-            Duration::from_millis(200),
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("cannot list connections: {e}");
-                return;
+        let mut connections = Vec::new();
+        for account in self.accounts() {
+            match revoke::list_connections(
+                system,
+                account,
+                None,
+                Duration::from_secs(2),
+                Duration::from_millis(200),
+            )
+            .await
+            {
+                Ok(c) => connections.extend(c),
+                Err(e) => {
+                    tracing::error!("cannot list connections of account {account}: {e}");
+                    return;
+                }
             }
-        };
+        }
         let set = self.store.current();
         let now = OffsetDateTime::now_utc();
         for connection in connections {
@@ -667,12 +707,15 @@ mod tests {
         let user: Claims<UserClaims> =
             jwt::decode(&user_jwt, KeyPairType::Account, jwt::unix_now()).unwrap();
         assert_eq!(user.standard.iss, f.service.keys.issuer.public_key());
-        assert_eq!(user.standard.aud, "LCLS");
+        assert_eq!(user.standard.aud, "PARTNERS");
         assert_eq!(user.standard.sub, user_nkey);
         assert_eq!(user.standard.name, f.institution.public_key());
         assert_eq!(user.standard.exp, expires);
         assert!(expires <= now.unix_timestamp() + 3600);
-        assert_eq!(user.nats.permissions, institution_permissions("ucsd", 2));
+        assert_eq!(
+            user.nats.permissions,
+            institution_permissions("ucsd", 2, &["LCLS_MFX".to_string()])
+        );
         assert_eq!(user.nats.claim_type, "user");
 
         let response = f

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::protocol::*;
-use super::store::{self, JobStores, Updated};
+use super::store::{self, JobStores, RecordRead, Updated};
 use super::JobsConfig;
 use crate::audit::{AuditRecord, Decision};
 use crate::naming::{consumer_slot_name, parse_consumer_slot};
@@ -25,7 +25,7 @@ use crate::service::protocol::{
     DatasetGrant, ErrorBody, ErrorCode, PullLimitsReply, Start, MAX_REQUEST_BYTES,
 };
 use crate::service::validate::resolve_stream;
-use crate::service::{caller, respond, ServiceContext};
+use crate::service::{admit, respond, ServiceContext};
 use lclstream_nats::streams::{pull_consumer_config, StartPosition};
 use lclstream_nats::subjects::{DATA_ROOT, GATEWAY_PREFIX};
 
@@ -108,7 +108,7 @@ fn to_value<T: serde::Serialize>(value: T) -> Result<serde_json::Value, ErrorBod
 }
 
 /// The dataset grant of a job's consumer.
-fn grant_of(info: &consumer::Info, institution: &str) -> DatasetGrant {
+fn grant_of(ctx: &ServiceContext, info: &consumer::Info, institution: &str) -> DatasetGrant {
     let config = &info.config;
     DatasetGrant {
         consumer: info.name.clone(),
@@ -128,6 +128,8 @@ fn grant_of(info: &consumer::Info, institution: &str) -> DatasetGrant {
             inactive_threshold_secs: config.inactive_threshold.as_secs(),
         },
         notices: crate::naming::notice_subject(institution),
+        notices_key: ctx.notifier.public_key(),
+        api_prefix: ctx.partner_api.clone(),
     }
 }
 
@@ -159,7 +161,7 @@ impl JobsService {
             );
         }
         let service = ctx
-            .client
+            .front
             .service_builder()
             .description("lclstream publish jobs: stream runs from facility storage on request")
             .queue_group(queue_group)
@@ -240,7 +242,9 @@ impl JobsService {
     }
 
     async fn answer(&self, verb: &'static str, request: async_nats::service::Request) {
-        let (institution, who) = caller(&request);
+        let Some((institution, who)) = admit(&self.ctx.audit, &request, verb) else {
+            return;
+        };
         let (outcome, details) = self
             .dispatch(verb, &institution, &who, &request.message.payload)
             .await;
@@ -456,7 +460,8 @@ impl JobsService {
             .insert(job.clone(), 0);
         Ok(JobView {
             watch: watch_subject(id, &job),
-            grant: Some(grant_of(&info, id)),
+            notices_key: self.ctx.notifier.public_key(),
+            grant: Some(grant_of(&self.ctx, &info, id)),
             record,
         })
     }
@@ -476,12 +481,18 @@ impl JobsService {
     ) -> Result<JobRecord, ErrorBody> {
         check_job_id(job)?;
         let records = self.records().await?;
-        match store::read_record(records, &policy.id, job)
+        match store::read_record_entry(records, &policy.id, job)
             .await
             .map_err(internal)?
         {
-            Some((record, _)) => Ok(record),
-            None => Err(bad(format!("no job {job:?} of yours is on record"))),
+            RecordRead::Found(record, _) => Ok(*record),
+            RecordRead::Missing => Err(bad(format!("no job {job:?} of yours is on record"))),
+            RecordRead::Malformed(why) => {
+                self.bad_record(&policy.id, &why);
+                Err(bad(format!(
+                    "the record of job {job:?} is unreadable; the facility has been told"
+                )))
+            }
         }
     }
 
@@ -491,12 +502,27 @@ impl JobsService {
         let grant = self
             .job_consumer(&record)
             .await
-            .map(|info| grant_of(&info, &policy.id));
+            .map(|info| grant_of(&self.ctx, &info, &policy.id));
         Ok(JobView {
             watch: watch_subject(&policy.id, job),
+            notices_key: self.ctx.notifier.public_key(),
             grant,
             record,
         })
+    }
+
+    /// Logs and audits a value in the records bucket that is not the job
+    /// record its key names.
+    fn bad_record(&self, institution: &str, why: &str) {
+        tracing::warn!(institution, "skipping a bad job record: {why}");
+        self.ctx.audit.record(AuditRecord::now(
+            "gateway",
+            Some(institution),
+            "jobs.record",
+            Decision::Info,
+            "bad_record",
+            json!({ "error": why }),
+        ));
     }
 
     /// The institution's jobs on record, newest first.
@@ -520,13 +546,18 @@ impl JobsService {
             let Some(job) = key.strip_prefix(&prefix) else {
                 continue;
             };
-            if let Some((record, _)) = store::read_record(records, &policy.id, job)
+            match store::read_record_entry(records, &policy.id, job)
                 .await
                 .map_err(internal)?
             {
-                if request.state.is_none_or(|s| s == record.state) {
-                    jobs.push(record);
+                RecordRead::Found(record, _) => {
+                    if request.state.is_none_or(|s| s == record.state) {
+                        jobs.push(*record);
+                    }
                 }
+                RecordRead::Missing => {}
+                // One bad record must not hide the others.
+                RecordRead::Malformed(why) => self.bad_record(&policy.id, &why),
             }
             if jobs.len() >= MAX_LISTED_JOBS {
                 truncated = true;
@@ -583,7 +614,7 @@ impl JobsService {
         self.purge(&record).await;
         let _ = self
             .ctx
-            .client
+            .notifier
             .publish(
                 watch_subject(&policy.id, job),
                 serde_json::to_vec(&record).unwrap_or_default().into(),
@@ -591,6 +622,7 @@ impl JobsService {
             .await;
         Ok(JobView {
             watch: watch_subject(&policy.id, job),
+            notices_key: self.ctx.notifier.public_key(),
             grant: None,
             record,
         })
@@ -697,7 +729,7 @@ impl JobsService {
         }
         if let Err(e) = self
             .ctx
-            .client
+            .notifier
             .publish(
                 watch_subject(&record.institution, &record.job),
                 Bytes::copy_from_slice(payload),

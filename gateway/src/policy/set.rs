@@ -65,10 +65,13 @@ impl fmt::Display for Principal {
 /// What a connection of a principal may do; the callout turns it into permissions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// A partner institution with this many consumer slots.
+    /// A partner institution with this many consumer slots on these streams.
     Institution {
         /// `quotas.concurrent_consumers`.
         slots: u32,
+        /// The streams its grants name (sorted, without duplicates); its
+        /// publish jobs' data stream is added by the permissions.
+        streams: Vec<String>,
     },
     /// A facility agent publishing these instruments (lower case).
     Agent {
@@ -503,6 +506,13 @@ impl PolicySet {
                     policy.name.clone(),
                     Access::Institution {
                         slots: policy.quotas.concurrent_consumers,
+                        streams: {
+                            let mut streams: Vec<String> =
+                                policy.grants.iter().map(|g| g.stream.clone()).collect();
+                            streams.sort();
+                            streams.dedup();
+                            streams
+                        },
                     },
                 )
             }
@@ -913,7 +923,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let id = set.authenticate(&k1, now).unwrap();
         assert_eq!(id.principal.id, "ucsd");
-        assert_eq!(id.access, Access::Institution { slots: 4 });
+        assert!(matches!(id.access, Access::Institution { slots: 4, .. }));
         assert_eq!(
             set.authenticate(&k2, now).unwrap().access,
             Access::Agent {

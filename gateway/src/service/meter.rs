@@ -12,7 +12,7 @@
 //! sequence). Enforcement lags by at most one tick plus the messages already
 //! pulled: when the day's bytes reach the quota the institution's consumers
 //! are paused until the next UTC midnight (consumer pause API), a notice is
-//! published on `_INBOX_<id>.notices`, and new dataset requests are refused
+//! published on `_INBOX.<id>.notices`, and new dataset requests are refused
 //! with `quota_bytes`. When the day rolls over the gateway resumes them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -178,7 +178,7 @@ fn key_of(info: &consumer::Info) -> ConsumerKey {
 
 /// The meter: size indexes, metered positions, and quota enforcement.
 pub struct Meter {
-    client: async_nats::Client,
+    notifier: Arc<super::notices::Notifier>,
     js: jetstream::Context,
     policies: SharedPolicies,
     quotas: Arc<QuotaBook>,
@@ -194,14 +194,15 @@ impl Meter {
     /// A meter over the streams named in `policies`.
     pub fn new(
         client: async_nats::Client,
+        notifier: Arc<super::notices::Notifier>,
         policies: SharedPolicies,
         quotas: Arc<QuotaBook>,
         audit: Arc<Audit>,
         config: MeterConfig,
     ) -> Meter {
         Meter {
-            js: jetstream::new(client.clone()),
-            client,
+            js: jetstream::new(client),
+            notifier,
             policies,
             quotas,
             audit,
@@ -489,7 +490,7 @@ impl Meter {
             return;
         };
         if let Err(e) = self
-            .client
+            .notifier
             .publish(notice_subject(institution), payload.into())
             .await
         {

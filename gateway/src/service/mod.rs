@@ -7,6 +7,7 @@
 
 pub mod consumers;
 pub mod meter;
+pub mod notices;
 pub use lclstream_nats::protocol::requests as protocol;
 pub mod validate;
 
@@ -26,11 +27,13 @@ use self::consumers::{
     META_INSTITUTION, META_KIND, META_LABEL, META_START,
 };
 use self::meter::Meter;
+use self::notices::Notifier;
 use self::protocol::*;
 use self::validate::{check_label, grant_active, resolve_stream};
 use crate::audit::{Audit, AuditRecord, Decision};
 use crate::naming::{
-    consumer_slot_name, institution_of_subject, notice_subject, parse_consumer_slot,
+    consumer_slot_name, inbox_prefix, institution_of_subject, notice_subject, parse_consumer_slot,
+    reply_in_inbox,
 };
 use crate::policy::InstitutionPolicy;
 use crate::quota::QuotaBook;
@@ -49,8 +52,15 @@ const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// Everything a request handler needs.
 pub struct ServiceContext {
-    /// Connection of the gateway.
+    /// The gateway's facility-side connection (consumers, job stores).
     pub client: async_nats::Client,
+    /// The gateway's partner-side connection: requests arrive and replies
+    /// leave on it (the same connection as `client` without the callout).
+    pub front: async_nats::Client,
+    /// Signed notices and job status to institutions (on `front`).
+    pub notifier: Arc<Notifier>,
+    /// The JetStream API prefix institutions pull with.
+    pub partner_api: String,
     /// JetStream on that connection.
     pub js: jetstream::Context,
     /// Current policies.
@@ -88,9 +98,13 @@ impl ServiceHandle {
 }
 
 impl ServiceContext {
-    /// A context over an existing connection.
+    /// A context over existing connections (see the field docs).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: async_nats::Client,
+        front: async_nats::Client,
+        notifier: Arc<Notifier>,
+        partner_api: String,
         policies: SharedPolicies,
         quotas: Arc<QuotaBook>,
         audit: Arc<Audit>,
@@ -99,6 +113,9 @@ impl ServiceContext {
         ServiceContext {
             js: jetstream::new(client.clone()),
             client,
+            front,
+            notifier,
+            partner_api,
             policies,
             quotas,
             audit,
@@ -114,7 +131,7 @@ impl ServiceContext {
         queue_group: &str,
     ) -> Result<ServiceHandle, async_nats::Error> {
         let service = self
-            .client
+            .front
             .service_builder()
             .description("lclstream data requests: datasets, usage and release per institution")
             .queue_group(queue_group)
@@ -147,7 +164,9 @@ impl ServiceContext {
     }
 
     async fn answer(&self, verb: &'static str, request: async_nats::service::Request) {
-        let (institution, who) = caller(&request);
+        let Some((institution, who)) = admit(&self.audit, &request, verb) else {
+            return;
+        };
         let body = request.message.payload.clone();
         let (outcome, details) = self.dispatch(verb, &institution, &body).await;
         respond(
@@ -251,7 +270,7 @@ impl ServiceContext {
                     )));
                 }
                 self.check_bytes(policy)?;
-                return Ok(grant_of(info, true));
+                return Ok(self.grant_of(info, true));
             }
         }
         self.check_bytes(policy)?;
@@ -327,7 +346,7 @@ impl ServiceContext {
         let info = created.cached_info().clone();
         self.quotas.record_request(id);
         self.meter.register(&info);
-        Ok(grant_of(&info, false))
+        Ok(self.grant_of(&info, false))
     }
 
     fn check_bytes(&self, policy: &InstitutionPolicy) -> Result<(), ErrorBody> {
@@ -418,7 +437,41 @@ impl ServiceContext {
             bytes,
             consumer_list: consumers.iter().map(view_of).collect(),
             notices: notice_subject(id),
+            notices_key: self.notifier.public_key(),
         })
+    }
+
+    /// The grant of one of an institution's consumers, with what the
+    /// institution needs to pull from it and to verify notices.
+    pub fn grant_of(&self, info: &consumer::Info, resumed: bool) -> DatasetGrant {
+        let config = &info.config;
+        DatasetGrant {
+            consumer: info.name.clone(),
+            stream: info.stream_name.clone(),
+            filters: filters_of(config),
+            start: start_of(info),
+            end: end_of(info),
+            label: label_of(info).map(str::to_string),
+            resumed,
+            num_pending: info.num_pending,
+            num_ack_pending: info.num_ack_pending as u64,
+            pull: PullLimitsReply {
+                max_batch: config.max_batch,
+                max_bytes: config.max_bytes,
+                max_ack_pending: config.max_ack_pending,
+                ack_wait_secs: config.ack_wait.as_secs(),
+                inactive_threshold_secs: config.inactive_threshold.as_secs(),
+            },
+            notices: notice_subject(
+                config
+                    .metadata
+                    .get(META_INSTITUTION)
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            ),
+            notices_key: self.notifier.public_key(),
+            api_prefix: self.partner_api.clone(),
+        }
     }
 
     /// Deletes one of the institution's consumers.
@@ -468,35 +521,6 @@ impl ServiceContext {
     }
 }
 
-fn grant_of(info: &consumer::Info, resumed: bool) -> DatasetGrant {
-    let config = &info.config;
-    DatasetGrant {
-        consumer: info.name.clone(),
-        stream: info.stream_name.clone(),
-        filters: filters_of(config),
-        start: start_of(info),
-        end: end_of(info),
-        label: label_of(info).map(str::to_string),
-        resumed,
-        num_pending: info.num_pending,
-        num_ack_pending: info.num_ack_pending as u64,
-        pull: PullLimitsReply {
-            max_batch: config.max_batch,
-            max_bytes: config.max_bytes,
-            max_ack_pending: config.max_ack_pending,
-            ack_wait_secs: config.ack_wait.as_secs(),
-            inactive_threshold_secs: config.inactive_threshold.as_secs(),
-        },
-        notices: notice_subject(
-            info.config
-                .metadata
-                .get(META_INSTITUTION)
-                .map(String::as_str)
-                .unwrap_or_default(),
-        ),
-    }
-}
-
 fn bad(reason: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorCode::BadRequest, reason)
 }
@@ -525,26 +549,49 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], empty: Option<T>) -> Result<T, E
     serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))
 }
 
-/// The user behind a request when the server says (`Nats-Request-Info`, shared service imports).
-/// The institution a request speaks for (from its subject, which the auth
-/// callout's permissions make unforgeable) and who sent it, for the audit log.
-pub fn caller(request: &async_nats::service::Request) -> (String, String) {
-    let institution = institution_of_subject(&request.message.subject)
+/// The institution a request speaks for, from its subject: the auth
+/// callout lets each institution publish only on
+/// `lclstream.gateway.<its id>.>`, so the subject is what the server
+/// authenticated. Nothing a client writes into a message (headers such as
+/// `Nats-Request-Info`, body fields) names the requester.
+pub fn caller(request: &async_nats::service::Request) -> String {
+    institution_of_subject(&request.message.subject)
         .unwrap_or_default()
-        .to_string();
-    let who = requester(request.message.headers.as_ref())
-        .unwrap_or_else(|| format!("institution:{institution}"));
-    (institution, who)
+        .to_string()
 }
 
-fn requester(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
-    let info = headers?.get("Nats-Request-Info")?.as_str();
-    let value: serde_json::Value = serde_json::from_str(info).ok()?;
-    value
-        .get("user")
-        .or_else(|| value.get("name"))
-        .and_then(|v| v.as_str())
-        .map(|u| format!("user:{u}"))
+/// Admits a request for handling: its reply subject must lie in the
+/// requesting institution's own inbox (`_INBOX.<id>.`). The reply subject is
+/// the requester's choice; answering anywhere else would let one
+/// institution aim the gateway's reply at another's inbox or notices.
+/// Refusals get no reply and an audit record. Returns the institution and
+/// the audit identity (`institution:<id>`).
+pub fn admit(
+    audit: &Audit,
+    request: &async_nats::service::Request,
+    verb: &str,
+) -> Option<(String, String)> {
+    let institution = caller(request);
+    let who = format!("institution:{institution}");
+    let reply = request.message.reply.as_deref().unwrap_or_default();
+    if reply_in_inbox(&institution, reply) {
+        return Some((institution, who));
+    }
+    let shown: String = reply.chars().take(200).collect();
+    tracing::warn!(institution, reply = %shown, verb, "request refused: reply outside the institution's inbox");
+    audit.record(AuditRecord::now(
+        who,
+        Some(&institution),
+        verb,
+        Decision::Deny,
+        "reply_outside_inbox",
+        json!({
+            "subject": request.message.subject.to_string(),
+            "reply": shown,
+            "expected_prefix": format!("{}.", inbox_prefix(&institution)),
+        }),
+    ));
+    None
 }
 
 /// Replies to a service request with its outcome (refusals also in the

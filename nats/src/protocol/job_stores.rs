@@ -102,21 +102,60 @@ pub async fn open_records(
     }
 }
 
-/// Reads a record and its revision.
+/// What is stored under a record key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordRead {
+    /// A record and its revision.
+    Found(Box<JobRecord>, u64),
+    /// Nothing (never created, deleted or expired).
+    Missing,
+    /// Something that is not this key's job record; why.
+    Malformed(String),
+}
+
+/// Reads what is stored under a record key without failing on a value that
+/// is not a job record (or is another job's record): readers that list
+/// records skip such a value rather than fail.
+pub async fn read_record_entry(
+    records: &kv::Store,
+    institution: &str,
+    job: &str,
+) -> Result<RecordRead, async_nats::Error> {
+    let key = record_key(institution, job);
+    let Some(entry) = records.entry(key.clone()).await? else {
+        return Ok(RecordRead::Missing);
+    };
+    if !matches!(entry.operation, kv::Operation::Put) {
+        return Ok(RecordRead::Missing);
+    }
+    let record: JobRecord = match serde_json::from_slice(&entry.value) {
+        Ok(record) => record,
+        Err(e) => {
+            return Ok(RecordRead::Malformed(format!(
+                "record {key} is not a job record: {e}"
+            )))
+        }
+    };
+    if record.institution != institution || record.job != job {
+        return Ok(RecordRead::Malformed(format!(
+            "record {key} holds job {:?} of {:?}",
+            record.job, record.institution
+        )));
+    }
+    Ok(RecordRead::Found(Box::new(record), entry.revision))
+}
+
+/// Reads a record and its revision; a malformed value is an error.
 pub async fn read_record(
     records: &kv::Store,
     institution: &str,
     job: &str,
 ) -> Result<Option<(JobRecord, u64)>, async_nats::Error> {
-    let Some(entry) = records.entry(record_key(institution, job)).await? else {
-        return Ok(None);
-    };
-    if !matches!(entry.operation, kv::Operation::Put) {
-        return Ok(None);
+    match read_record_entry(records, institution, job).await? {
+        RecordRead::Found(record, revision) => Ok(Some((*record, revision))),
+        RecordRead::Missing => Ok(None),
+        RecordRead::Malformed(why) => Err(why.into()),
     }
-    let record: JobRecord = serde_json::from_slice(&entry.value)
-        .map_err(|e| format!("record {institution}.{job} is not a job record: {e}"))?;
-    Ok(Some((record, entry.revision)))
 }
 
 /// Stores a new record; fails if the key exists.

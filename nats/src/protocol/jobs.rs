@@ -62,6 +62,12 @@ pub fn queue_subject(instrument: &str) -> String {
     format!("{QUEUE_PREFIX}.{}", instrument.to_ascii_lowercase())
 }
 
+/// The durable work-queue consumer of an instrument's jobs, shared by its
+/// workers: `jobs-<instrument>`, on [`QUEUE_STREAM`] only.
+pub fn worker_consumer_name(instrument: &str) -> String {
+    format!("jobs-{}", instrument.to_ascii_lowercase())
+}
+
 /// Data subject of a job.
 pub fn data_subject(job: &str) -> String {
     format!("{DATA_PREFIX}.{job}")
@@ -78,7 +84,7 @@ pub fn record_key(institution: &str, job: &str) -> String {
 }
 
 /// Subject on which the gateway forwards a job's status to its institution:
-/// `_INBOX_<institution>.jobs.<job-id>` (inside the institution's private inbox).
+/// `_INBOX.<institution>.jobs.<job-id>` (inside the institution's private inbox).
 pub fn watch_subject(institution: &str, job: &str) -> String {
     format!(
         "{}.jobs.{job}",
@@ -448,6 +454,9 @@ pub struct JobView {
     pub grant: Option<DatasetGrant>,
     /// Subject in the institution's inbox where status updates are forwarded.
     pub watch: String,
+    /// Public key whose signature every genuine status update carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notices_key: Option<String>,
 }
 
 /// Reply to `jobs.list`.

@@ -11,3 +11,4 @@ pub mod job_stores;
 pub mod jobs;
 pub mod naming;
 pub mod requests;
+pub mod signing;

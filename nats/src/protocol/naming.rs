@@ -5,7 +5,7 @@
 //!   `<institution-id>-c<k>` for `k` in `0..quotas.concurrent_consumers`.
 //!   The set is fixed and known at connect time, so the user JWT can grant
 //!   pull, ack and consumer-info on exactly these names.
-//! - Inbox prefix: replies and pull deliveries go to `_INBOX_<institution-id>.>`
+//! - Inbox prefix: replies and pull deliveries go to `_INBOX.<institution-id>.>`
 //!   (async-nats `ConnectOptions::custom_inbox_prefix`), so no institution can
 //!   read another's replies.
 //! - Request subjects: `lclstream.gateway.<institution-id>.<verb>`; the
@@ -35,13 +35,55 @@ pub fn parse_consumer_slot(institution: &str, consumer: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Private inbox prefix of an institution: `_INBOX_<institution>`.
+/// Private inbox prefix of an institution: `_INBOX.<institution>`.
 pub fn inbox_prefix(institution: &str) -> String {
-    format!("_INBOX_{institution}")
+    format!("_INBOX.{institution}")
+}
+
+/// JetStream domain through which partner connections reach the facility's
+/// JetStream API. Institutions connect into their own account (`PARTNERS`),
+/// which imports only pull, consumer-info and ack subjects from the facility
+/// account and names them `$JS.<domain>.API...`, so a standard client reaches
+/// them with `jetstream(domain = "lclstream")`.
+pub const PARTNER_JS_DOMAIN: &str = "lclstream";
+
+/// JetStream API prefix of partner connections: `$JS.lclstream.API`.
+pub fn partner_api_prefix() -> String {
+    format!("$JS.{PARTNER_JS_DOMAIN}.API")
+}
+
+/// The JetStream API prefix of a connection in the facility account.
+pub const FACILITY_API_PREFIX: &str = "$JS.API";
+
+/// Inbox prefix of a facility connection (agent, worker, operator tool) that
+/// authenticates with the user key `public_key`: `_INBOX_<public key>`. The
+/// callout grants subscribe permission on exactly this prefix, so no other
+/// facility user can read its replies.
+pub fn key_inbox_prefix(public_key: &str) -> String {
+    format!("_INBOX_{public_key}")
+}
+
+/// Inbox prefix of the gateway's own connections.
+pub const GATEWAY_INBOX_PREFIX: &str = "_INBOX_GATEWAY";
+
+/// Whether `reply` lies inside `institution`'s private inbox
+/// (`_INBOX.<institution>.` followed by at least one token). The gateway
+/// answers only such replies: a reply subject is chosen by the requester,
+/// and any other subject would let it aim the gateway at someone else.
+pub fn reply_in_inbox(institution: &str, reply: &str) -> bool {
+    let Some(rest) = reply
+        .strip_prefix(&inbox_prefix(institution))
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest.split('.').all(|t| !t.is_empty())
+        && !rest.contains(['*', '>', ' ', '\t', '\r', '\n'])
 }
 
 /// Subject on which the gateway publishes notices (quota exhausted, consumers
-/// paused or resumed) to an institution: `_INBOX_<institution>.notices`.
+/// paused or resumed) to an institution: `_INBOX.<institution>.notices`.
 pub fn notice_subject(institution: &str) -> String {
     format!("{}.notices", inbox_prefix(institution))
 }
@@ -75,8 +117,29 @@ mod tests {
         assert_eq!(parse_consumer_slot("ucsd", "ucsd-c"), None);
         assert_eq!(parse_consumer_slot("a", "a-c1-c0"), None);
         assert_eq!(parse_consumer_slot("a-c1", "a-c1-c0"), Some(0));
-        assert_eq!(inbox_prefix("ucsd"), "_INBOX_ucsd");
-        assert_eq!(notice_subject("ucsd"), "_INBOX_ucsd.notices");
+        assert_eq!(inbox_prefix("ucsd"), "_INBOX.ucsd");
+        assert_eq!(notice_subject("ucsd"), "_INBOX.ucsd.notices");
+    }
+
+    #[test]
+    fn replies_must_stay_in_the_institutions_inbox() {
+        assert!(reply_in_inbox("ucsd", "_INBOX.ucsd.abc"));
+        assert!(reply_in_inbox("ucsd", "_INBOX.ucsd.abc.def"));
+        for bad in [
+            "_INBOX.ucsd",
+            "_INBOX.ucsd.",
+            "_INBOX.ucsdx.abc",
+            "_INBOX.ucs.abc",
+            "_INBOX.slac.abc",
+            "_INBOX.ucsd..abc",
+            "_INBOX.ucsd.*",
+            "_INBOX.ucsd.>",
+            "lcls.mfx.e1.1.det",
+            "$KV.lclstream-jobs.ucsd.x",
+            "",
+        ] {
+            assert!(!reply_in_inbox("ucsd", bad), "{bad:?}");
+        }
     }
 
     #[test]

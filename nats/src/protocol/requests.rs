@@ -119,6 +119,19 @@ pub struct DatasetGrant {
     pub pull: PullLimitsReply,
     /// Subject on which the gateway publishes notices to the institution.
     pub notices: String,
+    /// Public key (`U...`) whose signature every genuine notice carries;
+    /// absent on a gateway without the auth callout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notices_key: Option<String>,
+    /// JetStream API prefix to pull with: `$JS.lclstream.API` when the
+    /// institution connects through the auth callout (its own account),
+    /// `$JS.API` otherwise.
+    #[serde(default = "facility_api_prefix")]
+    pub api_prefix: String,
+}
+
+fn facility_api_prefix() -> String {
+    crate::protocol::naming::FACILITY_API_PREFIX.to_string()
 }
 
 /// Body of `list` (empty object or empty body).
@@ -241,6 +254,9 @@ pub struct UsageReply {
     pub consumer_list: Vec<ConsumerView>,
     /// Subject on which notices are published.
     pub notices: String,
+    /// Public key whose signature every genuine notice carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notices_key: Option<String>,
 }
 
 /// Body of `release`: name the consumer or its label (exactly one).
@@ -363,7 +379,7 @@ impl<T> Reply<T> {
     }
 }
 
-/// A notice published to `_INBOX_<institution>.notices`.
+/// A notice published to `_INBOX.<institution>.notices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notice {
