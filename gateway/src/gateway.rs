@@ -80,6 +80,11 @@ pub struct AuthConfig {
     /// Lifetime of the user JWTs the callout issues, in seconds.
     #[serde(default = "default_user_ttl")]
     pub user_ttl_secs: u64,
+    /// Run the auth callout in this gateway (default). With `false` the
+    /// gateway still connects as its own users from `keys_dir` (requests,
+    /// replies, consumers) while a callout runs elsewhere.
+    #[serde(default = "default_true")]
+    pub callout: bool,
     /// Public keys of facility administrators configured as static users of
     /// the facility account (`CalloutServerSettings::admin_users`): the
     /// sweep that closes connections of withdrawn keys leaves them alone.
@@ -281,7 +286,7 @@ impl Gateway {
         // With the callout, the request service is the gateway's own service user.
         let service_seed = keys.as_ref().map(|k| GatewayKeys::seed_of(&k.service_user));
         let callout = match (&config.auth, &keys) {
-            (Some(auth), Some(keys)) => Some(
+            (Some(auth), Some(keys)) if auth.callout => Some(
                 AuthCallout::connect(
                     &config.nats.url,
                     keys,

@@ -90,7 +90,10 @@ async def main():
         file=sys.stderr,
     )
 
-    js = nc.jetstream()
+    # Behind the auth callout the institution's account reaches JetStream
+    # through the prefix the grant names ($JS.lclstream.API, the domain
+    # "lclstream"); without it, the plain $JS.API.
+    js = nc.jetstream(prefix=grant.get("api_prefix", "$JS.API"))
     inbox = f"_INBOX.{args.institution}.".encode()
     sub = await js.pull_subscribe_bind(grant["consumer"], grant["stream"], inbox_prefix=inbox)
     batch_size = max(1, min(args.batch, grant["pull"]["max_batch"]))

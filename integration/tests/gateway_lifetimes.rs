@@ -20,7 +20,7 @@ use lclstream_gateway::auth::{
     callout_server_blocks, AuthAction, AuthCallout, AuthDecision, CalloutKeys,
     CalloutServerSettings, CalloutSettings,
 };
-use lclstream_gateway::gateway::{Gateway, GatewayConfig, GatewayHandle};
+use lclstream_gateway::gateway::{Gateway, GatewayHandle};
 use lclstream_gateway::keys::GatewayKeys;
 use lclstream_gateway::policy::{InstitutionPolicy, PolicyStore};
 use lclstream_nats::server::{http_get, NatsServer};
@@ -162,22 +162,34 @@ async fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Opt
 /// in `keys_dir` and starts the server.
 fn start_server(keys_dir: &Path) -> (NatsServer, GatewayKeys) {
     let keys = GatewayKeys::load_or_generate(keys_dir, true).expect("gateway keys");
-    let settings = CalloutServerSettings::from_keys(&keys);
+    let mut settings = CalloutServerSettings::from_keys(&keys);
+    settings.admin_users.push(admin_key(keys_dir).public_key());
     let server = NatsServer::start_with(|c| c.blocks.extend(callout_server_blocks(&settings)))
         .expect("nats-server starts with the callout");
     (server, keys)
 }
 
-/// A connection of the facility account (the gateway's service user), which
+/// A facility administrator's key, kept next to the gateway's keys.
+fn admin_key(keys_dir: &Path) -> nkeys::KeyPair {
+    let path = keys_dir.join("test-admin.nk");
+    if let Ok(seed) = std::fs::read_to_string(&path) {
+        return nkeys::KeyPair::from_seed(seed.trim()).unwrap();
+    }
+    let key = nkeys::KeyPair::new_user();
+    std::fs::write(&path, key.seed().unwrap()).unwrap();
+    key
+}
+
+/// A connection of the facility account (an administrator), which
 /// publishes the backlog and reads consumer state.
-async fn facility(server: &NatsServer, keys: &GatewayKeys) -> jetstream::Context {
+async fn facility(server: &NatsServer, keys_dir: &Path) -> jetstream::Context {
     let client = step(
         "facility connect",
-        async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.service_user))
+        async_nats::ConnectOptions::with_nkey(admin_key(keys_dir).seed().unwrap())
             .connect(server.url()),
     )
     .await
-    .expect("the service user bypasses the callout");
+    .expect("the administrator bypasses the callout");
     jetstream::new(client)
 }
 
@@ -298,12 +310,14 @@ impl ShortLived {
         let dir = tempfile::tempdir().unwrap();
         let (server, keys) = start_server(&dir.path().join("keys"));
         let policy_dir = policy_dir(dir.path(), policies);
-        // The request service as the gateway's service user, without [auth]
-        // (whose user_ttl_secs is at least 60): the callout is started below.
-        let seed_file = dir.path().join("service.nk");
-        std::fs::write(&seed_file, GatewayKeys::seed_of(&keys.service_user)).unwrap();
-        let mut config = GatewayConfig::local(&server.url(), &policy_dir);
-        config.nats.nkey_seed_file = Some(seed_file);
+        // The gateway as its own users but without its callout (whose
+        // user_ttl_secs is at least 60): the callout is started below.
+        let mut config = callout_config(&server.url(), &policy_dir, &dir.path().join("keys"));
+        if let Some(auth) = config.auth.as_mut() {
+            auth.callout = false;
+            auth.admin_keys
+                .push(admin_key(&dir.path().join("keys")).public_key());
+        }
         config.audit.file = Some(dir.path().join("audit.jsonl"));
         let gateway = step("gateway start", Gateway::start(config))
             .await
@@ -334,6 +348,7 @@ impl ShortLived {
                 store.clone(),
                 CalloutSettings {
                     user_ttl: ttl,
+                    exempt_users: vec![admin_key(&dir.path().join("keys")).public_key()],
                     ..Default::default()
                 },
                 sink,
@@ -341,7 +356,7 @@ impl ShortLived {
         )
         .await
         .expect("the callout subscribes");
-        let facility = facility(&server, &keys).await;
+        let facility = facility(&server, &dir.path().join("keys")).await;
         ShortLived {
             server,
             gateway,
@@ -596,7 +611,7 @@ async fn a_key_withdrawn_without_a_kick_loses_access_at_expiry() {
 async fn a_key_withdrawn_mid_pull_is_cut_off_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("keys");
-    let (server, keys) = start_server(&keys_dir);
+    let (server, _keys) = start_server(&keys_dir);
     let monitor = server.monitor_addr();
     let mut ucsd = policy("ucsd", &[FILTER], quick_quotas());
     let ucsd_key = add_new_key(&mut ucsd);
@@ -607,10 +622,13 @@ async fn a_key_withdrawn_mid_pull_is_cut_off_within_seconds() {
     let mut config = callout_config(&server.url(), &policies, &keys_dir);
     config.audit.file = Some(audit_path.clone());
     config.policies.reload_secs = 1;
+    if let Some(auth) = config.auth.as_mut() {
+        auth.admin_keys.push(admin_key(&keys_dir).public_key());
+    }
     let gateway = step("gateway start", Gateway::start(config))
         .await
         .expect("gateway starts with the callout");
-    let facility = facility(&server, &keys).await;
+    let facility = facility(&server, &keys_dir).await;
     // 400 messages of 4 events: 8 s of sink work for each institution.
     let total = publish(&facility, "mfxp1234", 6, 400, 4, 8).await;
 

@@ -192,7 +192,11 @@ fn user_jwt(
     }
     let mut claims = Claims {
         standard: StandardClaims {
-            aud: settings.account.clone(),
+            // Institutions land in the partner account, the rest in the facility's.
+            aud: match identity.access {
+                Access::Institution { .. } => settings.partner_account.clone(),
+                _ => settings.account.clone(),
+            },
             exp: expires,
             name: identity.public_key.clone(),
             sub: user_nkey.to_string(),
@@ -300,7 +304,10 @@ fn gateway_jwts_agree_with_the_official_nats_jwt_library() {
     let (institution, institution_key) = identity(
         PrincipalKind::Institution,
         "ucsd",
-        Access::Institution { slots: 3 },
+        Access::Institution {
+            slots: 3,
+            streams: vec!["LCLS_MFX".into()],
+        },
     );
     let (agent, _) = identity(
         PrincipalKind::Agent,
@@ -317,10 +324,16 @@ fn gateway_jwts_agree_with_the_official_nats_jwt_library() {
     // The official library encodes: user JWTs with the gateway's permissions
     // (and every permission field), responses and a request.
     let official_users = [
-        ("institution", institution_permissions("ucsd", 3)),
+        (
+            "institution",
+            institution_permissions("ucsd", 3, &["LCLS_MFX".to_string()]),
+        ),
         (
             "agent",
-            agent_permissions(&["mfx".to_string(), "cxi".to_string()]),
+            agent_permissions(
+                "UAGENTKEYAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                &["mfx".to_string(), "cxi".to_string()],
+            ),
         ),
         ("operator", operator_permissions()),
         ("full", full_permissions()),
@@ -468,7 +481,12 @@ fn gateway_jwts_agree_with_the_official_nats_jwt_library() {
         assert_go_jti(&output, label);
         assert_eq!(official["iss"], issuer.public_key(), "{label}");
         assert_eq!(official["sub"], request.user_nkey, "{label}");
-        assert_eq!(official["aud"], "LCLS", "{label}");
+        let account = if label.contains("institution") || label.contains("expiring") {
+            "PARTNERS"
+        } else {
+            "LCLS"
+        };
+        assert_eq!(official["aud"], account, "{label}");
         assert_eq!(official["nats"]["type"], "user", "{label}");
         assert_eq!(official["nats"]["version"], 2, "{label}");
         for limit in ["subs", "data", "payload"] {
@@ -484,19 +502,20 @@ fn gateway_jwts_agree_with_the_official_nats_jwt_library() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    assert_eq!(allowed.len(), 4 * 3 + 1);
-    assert!(allowed.contains(&"$JS.API.CONSUMER.MSG.NEXT.*.ucsd-c2"));
+    // 4 patterns x 3 slots x 2 streams (LCLS_MFX and the job data stream) + requests.
+    assert_eq!(allowed.len(), 4 * 3 * 2 + 1);
+    assert!(allowed.contains(&"$JS.lclstream.API.CONSUMER.MSG.NEXT.LCLS_MFX.ucsd-c2"));
     assert!(allowed.contains(&"lclstream.gateway.ucsd.>"));
     assert_eq!(
         official_institution["nats"]["sub"]["allow"],
-        json!(["_INBOX_ucsd.>"])
+        json!(["_INBOX.ucsd.>"])
     );
     assert_eq!(official_institution["name"], institution.public_key);
     let official_agent = accepted(&output, "agent user JWT");
     assert!(official_agent["nats"]["pub"]["allow"]
         .as_array()
         .unwrap()
-        .contains(&json!("$JS.API.>")));
+        .contains(&json!("$JS.API.STREAM.CREATE.LCLS_CXI")));
     assert_eq!(
         accepted(&output, "operator user JWT")["nats"]["pub"]["allow"],
         json!([">"])

@@ -143,6 +143,7 @@ impl World {
             keys_dir,
             encrypt: true,
             user_ttl_secs: 3600,
+            callout: true,
             admin_keys: Vec::new(),
         });
         let gateway = Gateway::start(config)

@@ -68,6 +68,7 @@ pub fn callout_config(url: &str, policies: &Path, keys_dir: &Path) -> GatewayCon
         keys_dir: keys_dir.to_path_buf(),
         encrypt: true,
         user_ttl_secs: 600,
+        callout: true,
         admin_keys: Vec::new(),
     });
     config
