@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
-use nkeys::{KeyPair, KeyPairType, XKey};
+use nkeys::{KeyPair, XKey};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::claims::{
-    AuthorizationRequest, AuthorizationResponse, UserClaims, CALLOUT_SUBJECT, REQUEST_AUDIENCE,
-    SERVER_XKEY_HEADER,
+    AuthorizationRequest, AuthorizationResponse, UserClaims, CALLOUT_SUBJECT, SERVER_XKEY_HEADER,
 };
 use super::jwt::{self, Claims, StandardClaims};
 use super::permissions::permissions_for;
+use super::request::{read_authorization_request, ReadRequest};
 use super::revoke;
 use super::server_config::{FACILITY_ACCOUNT, PARTNER_ACCOUNT};
 use crate::keys::GatewayKeys;
@@ -282,12 +282,6 @@ impl Drop for AuthCallout {
     }
 }
 
-/// A request the callout could read (even if it then refuses the client).
-struct ReadRequest {
-    request: AuthorizationRequest,
-    server_xkey: Option<XKey>,
-}
-
 impl Service {
     async fn answer(&self, client: &Client, message: Message) {
         let Some(reply) = message.reply.clone() else {
@@ -393,43 +387,13 @@ impl Service {
         payload: &[u8],
         server_xkey_header: Option<String>,
     ) -> Result<ReadRequest, String> {
-        let (token, server_xkey) = match (&self.keys.xkey, server_xkey_header) {
-            (Some(ours), Some(theirs)) => {
-                let theirs = XKey::from_public_key(&theirs)
-                    .map_err(|e| format!("bad server xkey {theirs:?}: {e}"))?;
-                let opened = ours
-                    .open(payload, &theirs)
-                    .map_err(|e| format!("cannot open the sealed request: {e}"))?;
-                (opened, Some(theirs))
-            }
-            (None, Some(_)) => {
-                return Err("the request is sealed but the callout has no xkey configured".into())
-            }
-            (_, None) => (payload.to_vec(), None),
-        };
-        let token = String::from_utf8(token).map_err(|_| "request is not UTF-8".to_string())?;
-        let claims: Claims<AuthorizationRequest> =
-            jwt::decode(&token, KeyPairType::Server, jwt::unix_now()).map_err(|e| e.to_string())?;
-        if claims.standard.aud != REQUEST_AUDIENCE {
-            return Err(format!(
-                "request audience {:?} is not {REQUEST_AUDIENCE:?}",
-                claims.standard.aud
-            ));
-        }
-        // The issuing server must be the one the request says it comes from.
-        if !claims.nats.server_id.id.is_empty() && claims.nats.server_id.id != claims.standard.iss {
-            return Err("request issuer differs from its server id".into());
-        }
-        if KeyPair::from_public_key(&claims.nats.user_nkey)
-            .map(|k| k.key_pair_type() != KeyPairType::User)
-            .unwrap_or(true)
-        {
-            return Err(format!("bad user_nkey {:?}", claims.nats.user_nkey));
-        }
-        Ok(ReadRequest {
-            request: claims.nats,
-            server_xkey,
-        })
+        read_authorization_request(
+            payload,
+            server_xkey_header.as_deref(),
+            self.keys.xkey.as_ref(),
+            jwt::unix_now(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Checks the client's key possession and policy; returns the identity,
@@ -613,11 +577,12 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::claims::{ClientInformation, ConnectOptions, ServerId};
+    use crate::auth::claims::{ClientInformation, ConnectOptions, ServerId, REQUEST_AUDIENCE};
     use crate::auth::permissions::institution_permissions;
     use crate::policy::PolicySet;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
+    use nkeys::KeyPairType;
 
     struct Fixture {
         service: Service,

@@ -126,24 +126,53 @@ struct Header {
     alg: String,
 }
 
-/// Decodes `token`, verifies its signature with its `iss` key (which must
-/// be of type `issuer_type`) and its time window at `now` (unix seconds).
-pub fn decode<T: DeserializeOwned>(
-    token: &str,
-    issuer_type: KeyPairType,
-    now: i64,
-) -> Result<Claims<T>, JwtError> {
+/// Longest excerpt of an untrusted string an error message carries.
+pub const MAX_ERROR_EXCERPT: usize = 120;
+
+/// `text` cut to at most `max` bytes (at a character boundary), with `...`
+/// appended when cut: error messages quote untrusted input through this, so
+/// that a hostile token cannot blow up a log line.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// A token split and parsed, its signature not yet checked: lets a caller
+/// refuse implausible claims before the signature verification.
+#[derive(Debug)]
+pub struct Unverified<'a, T> {
+    /// The claims, as the token states them (not yet trusted).
+    pub claims: Claims<T>,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+/// Length of an ed25519 signature.
+const SIGNATURE_BYTES: usize = 64;
+
+/// Splits `token` into its three parts and parses header and claims,
+/// without verifying anything but the shape.
+pub fn parse<T: DeserializeOwned>(token: &str) -> Result<Unverified<'_, T>, JwtError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JwtError::Malformed(format!(
             "{} bytes, more than {MAX_TOKEN_BYTES}",
             token.len()
         )));
     }
-    let parts: Vec<&str> = token.trim().split('.').collect();
-    let [header, payload, signature] = parts.as_slice() else {
+    let token = token.trim();
+    let mut parts = token.splitn(4, '.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(JwtError::Malformed(format!(
             "{} parts instead of 3",
-            parts.len()
+            token.split('.').count()
         )));
     };
     let b64 = |part: &str, what: &str| {
@@ -151,37 +180,78 @@ pub fn decode<T: DeserializeOwned>(
             .decode(part)
             .map_err(|e| JwtError::Malformed(format!("{what}: {e}")))
     };
-    let header_bytes = b64(header, "header")?;
-    let parsed: Header = serde_json::from_slice(&header_bytes)
-        .map_err(|e| JwtError::Malformed(format!("header: {e}")))?;
-    if !parsed.typ.eq_ignore_ascii_case("jwt") || parsed.alg != "ed25519-nkey" {
-        return Err(JwtError::Header(
-            String::from_utf8_lossy(&header_bytes).into_owned(),
-        ));
-    }
-    let claims: Claims<T> = serde_json::from_slice(&b64(payload, "claims")?)
-        .map_err(|e| JwtError::Malformed(format!("claims: {e}")))?;
-    let issuer = &claims.standard.iss;
-    let key =
-        KeyPair::from_public_key(issuer).map_err(|_| JwtError::BadSignature(issuer.clone()))?;
-    if key.key_pair_type() != issuer_type {
-        return Err(JwtError::WrongIssuer {
-            issuer: issuer.clone(),
-            expected: issuer_type,
-        });
+    // A signature is 86 characters; anything longer is not worth decoding.
+    if signature.len() > 2 * SIGNATURE_BYTES {
+        return Err(JwtError::Malformed(format!(
+            "signature of {} characters",
+            signature.len()
+        )));
     }
     let signature = b64(signature, "signature")?;
-    let signed_len = header.len() + 1 + payload.len();
-    key.verify(&token.trim().as_bytes()[..signed_len], &signature)
-        .map_err(|_| JwtError::BadSignature(issuer.clone()))?;
-    if claims.standard.exp > 0 && now > claims.standard.exp {
-        return Err(JwtError::Expired(claims.standard.exp));
+    if signature.len() != SIGNATURE_BYTES {
+        return Err(JwtError::Malformed(format!(
+            "signature of {} bytes instead of {SIGNATURE_BYTES}",
+            signature.len()
+        )));
     }
-    if claims.standard.nbf > 0 && claims.standard.nbf > now {
-        return Err(JwtError::NotYetValid(claims.standard.nbf));
+    let header_bytes = b64(header, "header")?;
+    let parsed: Header = serde_json::from_slice(&header_bytes)
+        .map_err(|e| JwtError::Malformed(clip(&format!("header: {e}"), MAX_ERROR_EXCERPT)))?;
+    if !parsed.typ.eq_ignore_ascii_case("jwt") || parsed.alg != "ed25519-nkey" {
+        return Err(JwtError::Header(clip(
+            &String::from_utf8_lossy(&header_bytes),
+            MAX_ERROR_EXCERPT,
+        )));
     }
-    Ok(claims)
+    // serde_json quotes offending values in its errors: clip them.
+    let claims: Claims<T> = serde_json::from_slice(&b64(payload, "claims")?)
+        .map_err(|e| JwtError::Malformed(clip(&format!("claims: {e}"), MAX_ERROR_EXCERPT)))?;
+    Ok(Unverified {
+        claims,
+        signing_input: &token[..header.len() + 1 + payload.len()],
+        signature,
+    })
 }
+
+impl<T> Unverified<'_, T> {
+    /// Verifies the signature with the `iss` key (which must be of type
+    /// `issuer_type`) and the time window at `now` (unix seconds).
+    pub fn verify(self, issuer_type: KeyPairType, now: i64) -> Result<Claims<T>, JwtError> {
+        let claims = self.claims;
+        let issuer = clip(&claims.standard.iss, MAX_ERROR_EXCERPT);
+        let key = KeyPair::from_public_key(&claims.standard.iss)
+            .map_err(|_| JwtError::BadSignature(issuer.clone()))?;
+        if key.key_pair_type() != issuer_type {
+            return Err(JwtError::WrongIssuer {
+                issuer,
+                expected: issuer_type,
+            });
+        }
+        key.verify(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| JwtError::BadSignature(issuer))?;
+        if claims.standard.exp > 0 && now > claims.standard.exp {
+            return Err(JwtError::Expired(claims.standard.exp));
+        }
+        if claims.standard.nbf > 0 && claims.standard.nbf > now {
+            return Err(JwtError::NotYetValid(claims.standard.nbf));
+        }
+        Ok(claims)
+    }
+}
+
+/// Decodes `token`, verifies its signature with its `iss` key (which must
+/// be of type `issuer_type`) and its time window at `now` (unix seconds).
+pub fn decode<T: DeserializeOwned>(
+    token: &str,
+    issuer_type: KeyPairType,
+    now: i64,
+) -> Result<Claims<T>, JwtError> {
+    parse(token)?.verify(issuer_type, now)
+}
+
+/// Longest nonce signature accepted (characters): 64 bytes are 86 in
+/// base64url, 88 in padded standard base64.
+pub const MAX_NONCE_SIGNATURE_CHARS: usize = 128;
 
 /// Verifies a client's signature over the server nonce with its public user nkey.
 ///
@@ -192,13 +262,23 @@ pub fn verify_nonce_signature(
     nonce: &str,
     signature: &str,
 ) -> Result<(), String> {
-    let key = KeyPair::from_public_key(public_key)
-        .map_err(|e| format!("{public_key:?} is not a valid public nkey: {e}"))?;
+    let key = KeyPair::from_public_key(public_key).map_err(|e| {
+        format!(
+            "{:?} is not a valid public nkey: {e}",
+            clip(public_key, MAX_ERROR_EXCERPT)
+        )
+    })?;
     if key.key_pair_type() != KeyPairType::User {
         return Err(format!("{public_key} is not a user nkey"));
     }
     if nonce.is_empty() {
         return Err("the server sent no nonce to sign".into());
+    }
+    if signature.len() > MAX_NONCE_SIGNATURE_CHARS {
+        return Err(format!(
+            "the nonce signature has {} characters, more than {MAX_NONCE_SIGNATURE_CHARS}",
+            signature.len()
+        ));
     }
     let sig = URL_SAFE_NO_PAD
         .decode(signature.trim_end_matches('='))
@@ -295,5 +375,48 @@ mod tests {
         assert!(verify_nonce_signature(&user.public_key(), "other", &sig).is_err());
         assert!(verify_nonce_signature(&user.public_key(), nonce, "!!").is_err());
         assert!(verify_nonce_signature(&user.public_key(), "", &sig).is_err());
+    }
+
+    #[test]
+    fn garbage_gives_bounded_errors_not_panics() {
+        let user = KeyPair::new_user();
+        let huge = "é".repeat(500_000);
+        let account = KeyPair::new_account().public_key();
+        for (key, nonce, sig) in [
+            (huge.as_str(), "nonce", "sig"),
+            ("", "nonce", "sig"),
+            (account.as_str(), "nonce", "sig"),
+            (&user.public_key(), "nonce", huge.as_str()),
+            (&user.public_key(), "nonce", "===="),
+            (&user.public_key(), "nonce", "AAAA"),
+            (&user.public_key(), huge.as_str(), "AAAA"),
+        ] {
+            let err = verify_nonce_signature(key, nonce, sig).unwrap_err();
+            assert!(err.len() < 400, "{} bytes", err.len());
+        }
+        // serde_json quotes the offending string: the error is clipped.
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(format!(
+                r#"{{"nats": {{"n": 1}}, "iss": 5, "name": {}}}"#,
+                1
+            )),
+            URL_SAFE_NO_PAD.encode([0u8; 64])
+        );
+        let err = decode::<serde_json::Value>(&token, KeyPairType::Server, 0).unwrap_err();
+        assert!(matches!(err, JwtError::Malformed(_)), "{err}");
+        let long = format!(r#"{{"nats": 1, "exp": "{}"}}"#, "9".repeat(100_000));
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(long),
+            URL_SAFE_NO_PAD.encode([0u8; 64])
+        );
+        let err = decode::<serde_json::Value>(&token, KeyPairType::Server, 0).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        assert_eq!(clip("héllo", 2), "h...");
+        assert_eq!(clip("héllo", 3), "hé...");
+        assert_eq!(clip("héllo", 10), "héllo");
     }
 }

@@ -11,6 +11,7 @@
 //! - [`claims`]: the callout's request, response and user claims.
 //! - [`permissions`]: what institutions, agents and operators may do.
 //! - [`server_config`]: the nats-server blocks the callout needs.
+//! - [`request`]: reading and bounding the server's authorization requests.
 //! - [`callout`]: the service itself.
 //! - [`revoke`]: finding and disconnecting live connections.
 //!
@@ -36,6 +37,7 @@ pub mod callout;
 pub mod claims;
 pub mod jwt;
 pub mod permissions;
+pub mod request;
 pub mod revoke;
 pub mod server_config;
 
@@ -44,6 +46,7 @@ pub use callout::{
     AuthAction, AuthCallout, AuthDecision, AuthDecisionSink, CalloutKeys, CalloutSettings,
 };
 pub use permissions::{permissions_for, Permissions};
+pub use request::{read_authorization_request, ReadRequest, RequestError, RequestErrorKind};
 pub use server_config::{
     callout_server_blocks, CalloutServerSettings, CALLOUT_ACCOUNT, FACILITY_ACCOUNT, SYSTEM_ACCOUNT,
 };
