@@ -644,6 +644,38 @@ mod tests {
         assert_eq!(kind(&forged), K::Issuer);
     }
 
+    /// The fuzz target's seeds with a signed request (first byte 4, `iss`
+    /// and `server_id.id` set to the signing server, as the target does) are
+    /// readable requests: the fuzzer starts past the signature check.
+    #[test]
+    fn fuzz_seeds_are_readable_requests() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        let server = KeyPair::new_server();
+        let ours = XKey::new();
+        let mut signed = 0;
+        for entry in std::fs::read_dir(seeds).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let (&mode, body) = data.split_first().unwrap();
+            if mode & 4 == 0 {
+                continue;
+            }
+            let mut claims: serde_json::Value = serde_json::from_slice(body).unwrap();
+            claims["iss"] = server.public_key().into();
+            claims["nats"]["server_id"]["id"] = server.public_key().into();
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(jwt::HEADER),
+                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+            );
+            let sig = URL_SAFE_NO_PAD.encode(server.sign(input.as_bytes()).unwrap());
+            let token = format!("{input}.{sig}");
+            let xkey = (mode & 1 != 0).then_some(&ours);
+            read_authorization_request(token.as_bytes(), None, xkey, NOW).unwrap();
+            signed += 1;
+        }
+        assert!(signed >= 2);
+    }
+
     /// A fixed key set for the properties (generation is not what they test).
     struct Keys {
         server: KeyPair,
