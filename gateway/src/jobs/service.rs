@@ -20,10 +20,8 @@ use super::JobsConfig;
 use crate::audit::{AuditRecord, Decision};
 use crate::naming::{consumer_slot_name, parse_consumer_slot};
 use crate::policy::InstitutionPolicy;
-use crate::service::consumers::{filters_of, list_institution, META_INSTITUTION, META_KIND};
-use crate::service::protocol::{
-    DatasetGrant, ErrorBody, ErrorCode, PullLimitsReply, Start, MAX_REQUEST_BYTES,
-};
+use crate::service::consumers::{list_institution, META_INSTITUTION, META_KIND};
+use crate::service::protocol::{ErrorBody, ErrorCode, MAX_REQUEST_BYTES};
 use crate::service::validate::resolve_stream;
 use crate::service::{admit, respond, ServiceContext};
 use lclstream_nats::streams::{pull_consumer_config, StartPosition};
@@ -105,32 +103,6 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], empty: Option<T>) -> Result<T, E
 
 fn to_value<T: serde::Serialize>(value: T) -> Result<serde_json::Value, ErrorBody> {
     serde_json::to_value(value).map_err(internal)
-}
-
-/// The dataset grant of a job's consumer.
-fn grant_of(ctx: &ServiceContext, info: &consumer::Info, institution: &str) -> DatasetGrant {
-    let config = &info.config;
-    DatasetGrant {
-        consumer: info.name.clone(),
-        stream: info.stream_name.clone(),
-        filters: filters_of(config),
-        start: Start::All,
-        end: None,
-        label: None,
-        resumed: false,
-        num_pending: info.num_pending,
-        num_ack_pending: info.num_ack_pending as u64,
-        pull: PullLimitsReply {
-            max_batch: config.max_batch,
-            max_bytes: config.max_bytes,
-            max_ack_pending: config.max_ack_pending,
-            ack_wait_secs: config.ack_wait.as_secs(),
-            inactive_threshold_secs: config.inactive_threshold.as_secs(),
-        },
-        notices: crate::naming::notice_subject(institution),
-        notices_key: ctx.notifier.public_key(),
-        api_prefix: ctx.partner_api.clone(),
-    }
 }
 
 impl JobsService {
@@ -461,7 +433,7 @@ impl JobsService {
         Ok(JobView {
             watch: watch_subject(id, &job),
             notices_key: self.ctx.notifier.public_key(),
-            grant: Some(grant_of(&self.ctx, &info, id)),
+            grant: Some(self.ctx.grant_of(&info, false)),
             record,
         })
     }
@@ -502,7 +474,7 @@ impl JobsService {
         let grant = self
             .job_consumer(&record)
             .await
-            .map(|info| grant_of(&self.ctx, &info, &policy.id));
+            .map(|info| self.ctx.grant_of(&info, false));
         Ok(JobView {
             watch: watch_subject(&policy.id, job),
             notices_key: self.ctx.notifier.public_key(),
