@@ -27,13 +27,14 @@ use std::process::{Command, Stdio};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use lclstream_gateway::auth::callout::{response_claims, user_claims};
 use lclstream_gateway::auth::claims::{
     AuthorizationRequest, AuthorizationResponse, ClientInformation, ConnectOptions, ServerId,
     UserClaims, REQUEST_AUDIENCE,
 };
 use lclstream_gateway::auth::jwt::{self, Claims, JwtError, StandardClaims, HEADER};
 use lclstream_gateway::auth::permissions::{
-    agent_permissions, institution_permissions, operator_permissions, permissions_for, Permissions,
+    agent_permissions, institution_permissions, operator_permissions, Permissions,
     ResponsePermission, SubjectPermission,
 };
 use lclstream_gateway::auth::CalloutSettings;
@@ -178,50 +179,25 @@ fn identity(kind: PrincipalKind, id: &str, access: Access) -> (Identity, KeyPair
     (identity, key)
 }
 
-/// A user JWT built as `Service::decide` builds it.
+/// A user JWT as `Service::decide` issues it (the callout's own `user_claims`).
 fn user_jwt(
     issuer: &KeyPair,
     identity: &Identity,
     user_nkey: &str,
     now: i64,
 ) -> (Claims<UserClaims>, String) {
-    let settings = CalloutSettings::default();
-    let mut expires = now + settings.user_ttl.as_secs().max(1) as i64;
-    if let Some(key_expires) = identity.key_expires {
-        expires = expires.min(key_expires.unix_timestamp());
-    }
-    let mut claims = Claims {
-        standard: StandardClaims {
-            // Institutions land in the partner account, the rest in the facility's.
-            aud: match identity.access {
-                Access::Institution { .. } => settings.partner_account.clone(),
-                _ => settings.account.clone(),
-            },
-            exp: expires,
-            name: identity.public_key.clone(),
-            sub: user_nkey.to_string(),
-            ..Default::default()
-        },
-        nats: UserClaims::new(permissions_for(identity)),
-    };
+    let mut claims = user_claims(identity, user_nkey, &CalloutSettings::default(), now);
     let token = jwt::encode(&mut claims, issuer).unwrap();
     (claims, token)
 }
 
-/// An authorization response built as `Service::encode_response` builds it.
+/// An authorization response as `Service::encode_response` signs it.
 fn response_jwt(
     issuer: &KeyPair,
     request: &AuthorizationRequest,
     response: AuthorizationResponse,
 ) -> (Claims<AuthorizationResponse>, String) {
-    let mut claims = Claims {
-        standard: StandardClaims {
-            aud: request.server_id.id.clone(),
-            sub: request.user_nkey.clone(),
-            ..Default::default()
-        },
-        nats: response,
-    };
+    let mut claims = response_claims(request, response);
     let token = jwt::encode(&mut claims, issuer).unwrap();
     (claims, token)
 }

@@ -282,6 +282,52 @@ impl Drop for AuthCallout {
     }
 }
 
+/// The claims of the user JWT the callout issues to `identity` for the
+/// connection the server named `user_nkey`, at `now_unix`: the account its
+/// kind lands in, its permissions, and an expiry of `settings.user_ttl` or
+/// the key's own expiry, whichever comes first.
+pub fn user_claims(
+    identity: &Identity,
+    user_nkey: &str,
+    settings: &CalloutSettings,
+    now_unix: i64,
+) -> Claims<UserClaims> {
+    let mut expires = now_unix + settings.user_ttl.as_secs().max(1) as i64;
+    if let Some(key_expires) = identity.key_expires {
+        expires = expires.min(key_expires.unix_timestamp());
+    }
+    let account = match identity.access {
+        Access::Institution { .. } => &settings.partner_account,
+        Access::Agent { .. } | Access::Operator => &settings.account,
+    };
+    Claims {
+        standard: StandardClaims {
+            aud: account.clone(),
+            exp: expires,
+            // The connection's user name: lets revocation find it by key.
+            name: identity.public_key.clone(),
+            sub: user_nkey.to_string(),
+            ..Default::default()
+        },
+        nats: UserClaims::new(permissions_for(identity)),
+    }
+}
+
+/// The claims of the callout's answer to `request`.
+pub fn response_claims(
+    request: &AuthorizationRequest,
+    response: AuthorizationResponse,
+) -> Claims<AuthorizationResponse> {
+    Claims {
+        standard: StandardClaims {
+            aud: request.server_id.id.clone(),
+            sub: request.user_nkey.clone(),
+            ..Default::default()
+        },
+        nats: response,
+    }
+}
+
 impl Service {
     async fn answer(&self, client: &Client, message: Message) {
         let Some(reply) = message.reply.clone() else {
@@ -420,25 +466,13 @@ impl Service {
         jwt::verify_nonce_signature(nkey, &request.client_info.nonce, &request.connect_opts.sig)
             .map_err(|e| (principal.clone(), e))?;
         let identity = set.authenticate(nkey, now).map_err(|e| (principal, e))?;
-        let mut expires = now.unix_timestamp() + self.settings.user_ttl.as_secs().max(1) as i64;
-        if let Some(key_expires) = identity.key_expires {
-            expires = expires.min(key_expires.unix_timestamp());
-        }
-        let account = match identity.access {
-            Access::Institution { .. } => &self.settings.partner_account,
-            Access::Agent { .. } | Access::Operator => &self.settings.account,
-        };
-        let mut claims = Claims {
-            standard: StandardClaims {
-                aud: account.clone(),
-                exp: expires,
-                // The connection's user name: lets revocation find it by key.
-                name: nkey.clone(),
-                sub: request.user_nkey.clone(),
-                ..Default::default()
-            },
-            nats: UserClaims::new(permissions_for(&identity)),
-        };
+        let mut claims = user_claims(
+            &identity,
+            &request.user_nkey,
+            &self.settings,
+            now.unix_timestamp(),
+        );
+        let expires = claims.standard.exp;
         let token = jwt::encode(&mut claims, &self.keys.issuer).map_err(|e| {
             (
                 Some(identity.principal.clone()),
@@ -454,14 +488,7 @@ impl Service {
         response: AuthorizationResponse,
         server_xkey: Option<&XKey>,
     ) -> Result<Vec<u8>, String> {
-        let mut claims = Claims {
-            standard: StandardClaims {
-                aud: request.server_id.id.clone(),
-                sub: request.user_nkey.clone(),
-                ..Default::default()
-            },
-            nats: response,
-        };
+        let mut claims = response_claims(request, response);
         let token = jwt::encode(&mut claims, &self.keys.issuer).map_err(|e| e.to_string())?;
         match (server_xkey, &self.keys.xkey) {
             (Some(theirs), Some(ours)) => ours
