@@ -26,8 +26,7 @@ use lclstream_gateway::policy::{InstitutionPolicy, PolicyStore};
 use lclstream_nats::server::{http_get, NatsServer};
 use lclstream_nats::wire::Event;
 use lclstream_partner::{
-    BatchInfo, CallbackSink, DatasetGrant, DatasetRequest, PartnerClient, PartnerConfig,
-    PullOptions, Start,
+    BatchInfo, CallbackSink, DatasetGrant, DatasetRequest, PartnerClient, PullOptions, Start,
 };
 use partner_support::*;
 
@@ -199,16 +198,9 @@ async fn connect_partner(
     institution: &str,
     key: &nkeys::KeyPair,
 ) -> PartnerClient {
-    step(
-        "partner connect",
-        PartnerClient::connect(&PartnerConfig {
-            url: server.url(),
-            institution: institution.into(),
-            seed: Some(key.seed().unwrap()),
-        }),
-    )
-    .await
-    .expect("the callout authorizes the key")
+    connect_with_key(&server.url(), institution, key)
+        .await
+        .expect("the callout authorizes the key")
 }
 
 /// Events a pull wrote, with the time (unix seconds) each reached the sink.

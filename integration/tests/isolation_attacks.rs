@@ -22,7 +22,7 @@ use lclstream_gateway::jobs::protocol::{JobList, JobListRequest, JobRef, JobStat
 use lclstream_gateway::keys::GatewayKeys;
 use lclstream_gateway::service::protocol::{DatasetGrant, ErrorCode};
 use lclstream_nats::server::NatsServer;
-use lclstream_partner::{PartnerClient, PartnerConfig, PartnerError};
+use lclstream_partner::{PartnerClient, PartnerError};
 use partner_support::*;
 use tokio::sync::mpsc;
 
@@ -85,7 +85,9 @@ async fn deploy() -> Deployment {
     publish(&admin, "mfxp9999", 1, 4, 2, 16).await;
 
     // The victim: a dataset consumer and a publish job with its consumer.
-    let desy = connect(&server, "desy", &desy_key).await.unwrap();
+    let desy = connect_with_key(&server.url(), "desy", &desy_key)
+        .await
+        .unwrap();
     let desy_dataset = step(
         "desy request",
         desy.request_dataset(&lclstream_partner::DatasetRequest {
@@ -102,14 +104,7 @@ async fn deploy() -> Deployment {
     write_run(&root, "mfxp1234", 3, &[8]).await;
     let seed_file = dir.path().join("worker.nk");
     std::fs::write(&seed_file, worker_key.seed().unwrap()).unwrap();
-    let toml = worker_toml(&server.url(), &root, "w1", 400.0).replace(
-        &format!("url = \"{}\"", server.url()),
-        &format!(
-            "url = \"{}\"\nnkey_seed_file = \"{}\"",
-            server.url(),
-            seed_file.display()
-        ),
-    );
+    let toml = worker_toml_with_key(&server.url(), &root, "w1", 400.0, &seed_file);
     let worker = start_worker(&toml);
     let view = submit(&desy, &job("mfxp9999", 2)).await.unwrap();
     let desy_job_consumer = view.grant.expect("a job consumer").consumer;
@@ -135,22 +130,6 @@ async fn deploy() -> Deployment {
         desy_job,
         desy_job_consumer,
     }
-}
-
-async fn connect(
-    server: &NatsServer,
-    institution: &str,
-    key: &nkeys::KeyPair,
-) -> Result<PartnerClient, PartnerError> {
-    step(
-        "partner connect",
-        PartnerClient::connect(&PartnerConfig {
-            url: server.url(),
-            institution: institution.into(),
-            seed: Some(key.seed().unwrap()),
-        }),
-    )
-    .await
 }
 
 /// The attacker's raw connection, with server errors (permission
@@ -617,7 +596,7 @@ async fn every_attack_of_one_institution_on_another_fails() {
 
     // 8. Speaking as the victim: its key is not the attacker's, and the
     //    attacker's key cannot use the victim's subjects or inbox.
-    let as_victim = connect(&d.server, "desy", &d.ucsd_key).await;
+    let as_victim = connect_with_key(&d.server.url(), "desy", &d.ucsd_key).await;
     if let Ok(client) = as_victim {
         assert!(
             client.usage().await.is_err(),

@@ -15,7 +15,6 @@ use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
 use lclstream_gateway::gateway::Gateway;
 use lclstream_gateway::jobs::protocol::{JobRecord, JobState};
 use lclstream_gateway::keys::GatewayKeys;
-use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
 
 #[tokio::test]
@@ -49,27 +48,12 @@ async fn an_institution_with_callout_permissions_submits_watches_and_pulls_a_job
     write_run(&root, "mfxp1234", 2, &[24]).await;
     let seed_file = dir.path().join("worker.nk");
     std::fs::write(&seed_file, worker_key.seed().unwrap()).unwrap();
-    let toml = worker_toml(&server.url(), &root, "w1", 40.0);
-    let toml = toml.replace(
-        &format!("url = \"{}\"", server.url()),
-        &format!(
-            "url = \"{}\"\nnkey_seed_file = \"{}\"",
-            server.url(),
-            seed_file.display()
-        ),
-    );
+    let toml = worker_toml_with_key(&server.url(), &root, "w1", 40.0, &seed_file);
     let worker = start_worker(&toml);
 
-    let partner = step(
-        "partner connect",
-        PartnerClient::connect(&PartnerConfig {
-            url: server.url(),
-            institution: "ucsd".into(),
-            seed: Some(ucsd_key.seed().unwrap()),
-        }),
-    )
-    .await
-    .expect("the callout authorizes the institution's key");
+    let partner = connect_with_key(&server.url(), "ucsd", &ucsd_key)
+        .await
+        .expect("the callout authorizes the institution's key");
     let view = submit(&partner, &job("mfxp1234", 2))
         .await
         .expect("job accepted");

@@ -12,7 +12,6 @@ use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
 use lclstream_gateway::gateway::Gateway;
 use lclstream_gateway::keys::GatewayKeys;
 use lclstream_nats::server::NatsServer;
-use lclstream_partner::{PartnerClient, PartnerConfig};
 use partner_support::*;
 
 #[tokio::test]
@@ -47,16 +46,9 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
         .unwrap();
     publish(&jetstream::new(facility), "mfxp1234", 6, 5, 3, 16).await;
 
-    let partner = step(
-        "partner connect",
-        PartnerClient::connect(&PartnerConfig {
-            url: server.url(),
-            institution: "ucsd".into(),
-            seed: Some(ucsd_key.seed().unwrap()),
-        }),
-    )
-    .await
-    .expect("the callout authorizes the institution's key");
+    let partner = connect_with_key(&server.url(), "ucsd", &ucsd_key)
+        .await
+        .expect("the callout authorizes the institution's key");
     let (summary, indices) = request_and_pull(
         &partner,
         "lcls.mfx.mfxp1234.>",
@@ -68,12 +60,7 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
     assert_eq!(indices, (0..15).collect::<Vec<u64>>());
 
     // A key the policies do not know is refused at connect time.
-    let stranger = PartnerClient::connect(&PartnerConfig {
-        url: server.url(),
-        institution: "ucsd".into(),
-        seed: Some(nkeys::KeyPair::new_user().seed().unwrap()),
-    })
-    .await;
+    let stranger = connect_with_key(&server.url(), "ucsd", &nkeys::KeyPair::new_user()).await;
     assert!(stranger.is_err(), "an unknown key must not connect");
 
     gateway.shutdown().await;

@@ -84,6 +84,24 @@ progress_ms = 100
     )
 }
 
+/// [`worker_toml`] for a worker that authenticates with the agent nkey seed
+/// in `seed_file` (behind the auth callout).
+pub fn worker_toml_with_key(
+    url: &str,
+    root: &Path,
+    name: &str,
+    rate: f64,
+    seed_file: &Path,
+) -> String {
+    worker_toml(url, root, name, rate).replace(
+        &format!("url = \"{url}\""),
+        &format!(
+            "url = \"{url}\"\nnkey_seed_file = \"{}\"",
+            seed_file.display()
+        ),
+    )
+}
+
 /// A worker running in this process until the returned sender is dropped or sent.
 pub struct InProcessWorker {
     pub stop: tokio::sync::oneshot::Sender<()>,

@@ -74,6 +74,24 @@ pub fn callout_config(url: &str, policies: &Path, keys_dir: &Path) -> GatewayCon
     config
 }
 
+/// Connects as `institution` with its nkey `key` (through the auth callout
+/// when the server runs one), bounded by [`STEP`].
+pub async fn connect_with_key(
+    url: &str,
+    institution: &str,
+    key: &nkeys::KeyPair,
+) -> Result<PartnerClient, lclstream_partner::PartnerError> {
+    step(
+        "partner connect",
+        PartnerClient::connect(&PartnerConfig {
+            url: url.to_string(),
+            institution: institution.to_string(),
+            seed: Some(key.seed().unwrap()),
+        }),
+    )
+    .await
+}
+
 /// Quotas with quick redelivery (a crashed partner's messages come back in a second).
 pub fn quick_quotas() -> Quotas {
     let mut quotas = Quotas::default();
