@@ -256,6 +256,8 @@ pub struct SourceConfig {
     pub hdf5: Option<Hdf5Config>,
     /// Synthetic detector.
     pub synthetic: Option<SyntheticConfig>,
+    /// LCLS-II xtc2 run read through psana.
+    pub psana: Option<PsanaConfig>,
     /// Processing steps applied to every event.
     #[serde(default)]
     pub processing: ProcessingConfig,
@@ -316,6 +318,56 @@ fn default_stable_ms() -> u64 {
 }
 fn default_read_chunk() -> usize {
     16
+}
+
+/// A run read through psana (LCLS-II xtc2) by the helper `agent/python/psana_events.py`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsanaConfig {
+    /// xtc2 files of the run (or `experiment` with `psana_run`).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// psana experiment name, e.g. `xpptut15` (with `psana_run`; psana finds the files).
+    pub experiment: Option<String>,
+    /// psana run number (default: the source's `run`).
+    pub psana_run: Option<u32>,
+    /// Directory of the experiment's xtc2 files (psana `dir`).
+    pub dir: Option<PathBuf>,
+    /// Detectors and the data taken from each.
+    pub fields: Vec<PsanaField>,
+    /// Python interpreter with psana installed; default `$LCLSTREAM_PSANA_PYTHON`, else `python3`.
+    pub python: Option<PathBuf>,
+    /// Read at most this many events.
+    pub max_events: Option<u64>,
+    /// Times a helper that died without an error report is restarted at the next event.
+    #[serde(default = "default_restarts")]
+    pub restarts: u32,
+    /// Skip psana's calibration database (offline reading); `calib` and `image`
+    /// then use no constants.
+    #[serde(default = "yes")]
+    pub skip_calib_load: bool,
+}
+
+fn default_restarts() -> u32 {
+    2
+}
+
+/// One detector datum taken from every psana event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsanaField {
+    /// Detector name (`run.detnames`), or an epics / scan variable name.
+    pub detector: String,
+    /// `raw`, `calib`, `image`, `waveforms`, `peaks`, `epics` (a PV or scan
+    /// variable), or a dotted method path such as `fex.calib`.
+    #[serde(default = "default_psana_data")]
+    pub data: String,
+    /// Event field name; default `<detector>_<data>` (the PV name for `epics`).
+    pub field: Option<String>,
+}
+
+fn default_psana_data() -> String {
+    "raw".into()
 }
 
 /// One dataset read as one event field.
@@ -476,6 +528,24 @@ impl AgentConfig {
             if !names.insert(s.name.clone()) {
                 return Err(format!("{at}: duplicate source name"));
             }
+            let kinds = [s.hdf5.is_some(), s.synthetic.is_some(), s.psana.is_some()];
+            if kinds.iter().filter(|b| **b).count() != 1 {
+                return Err(format!(
+                    "{at}: exactly one of [sources.hdf5], [sources.synthetic] and [sources.psana] is required"
+                ));
+            }
+            if let Some(p) = &s.psana {
+                if p.files.is_empty() == p.experiment.is_none() {
+                    return Err(format!(
+                        "{at}.psana: exactly one of `files` and `experiment` is required"
+                    ));
+                }
+                if p.fields.is_empty() {
+                    return Err(format!(
+                        "{at}.psana.fields: at least one detector is required"
+                    ));
+                }
+            }
             match (&s.hdf5, &s.synthetic) {
                 (Some(h), None) => {
                     let n = [h.file.is_some(), h.glob.is_some(), h.watch_dir.is_some()]
@@ -510,11 +580,7 @@ impl AgentConfig {
                         return Err(format!("{at}.synthetic.rate_hz must be >= 0"));
                     }
                 }
-                _ => {
-                    return Err(format!(
-                        "{at}: exactly one of [sources.hdf5] and [sources.synthetic] is required"
-                    ))
-                }
+                _ => {}
             }
             if let Some(d) = &s.processing.dtype {
                 if DType::parse(d).is_none() {
@@ -652,7 +718,7 @@ events = 10
         let text = MINIMAL.replace("[sources.synthetic]\nevents = 10", "");
         let err = AgentConfig::from_toml(&text).unwrap_err().to_string();
         assert!(
-            err.contains("exactly one of [sources.hdf5] and [sources.synthetic]"),
+            err.contains("exactly one of [sources.hdf5], [sources.synthetic] and [sources.psana]"),
             "{err}"
         );
         let text = format!("{MINIMAL}\n[sources.processing]\ndtype = \"u12\"\n");
