@@ -129,40 +129,65 @@ pub fn run_psana(
     resume: Option<Position>,
     tx: SyncSender<SourceMessage>,
 ) {
-    let mut next = resume.map(|p| p.next_index).unwrap_or(0);
+    let start = resume.map(|p| p.next_index).unwrap_or(0);
+    let mut deliver = |event: Event| {
+        let next = event.index + 1;
+        let position = Position {
+            file: None,
+            file_event: next,
+            next_index: next,
+        };
+        ctx.send(&tx, event, position)
+    };
+    match read_events(config, default_run, start, &|| ctx.stopping(), &mut deliver) {
+        Ok(true) => {
+            let _ = tx.send(SourceMessage::Done);
+        }
+        Ok(false) => {}
+        Err(message) => {
+            ctx.metrics
+                .source_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = tx.send(SourceMessage::Failed(AgentError::Source {
+                source_name: ctx.name.clone(),
+                message,
+            }));
+        }
+    }
+}
+
+/// Reads the events of a run from event `start` on, in order, into `deliver`
+/// (which returns `false` to stop), restarting a helper that dies without
+/// reporting an error. `Ok(true)`: the run was read to its end; `Ok(false)`:
+/// stopped by `stopping` or `deliver`; `Err`: what failed.
+pub fn read_events(
+    config: &PsanaConfig,
+    default_run: u32,
+    start: u64,
+    stopping: &dyn Fn() -> bool,
+    deliver: &mut dyn FnMut(Event) -> bool,
+) -> Result<bool, String> {
+    let mut next = start;
     let mut restarts = 0;
     loop {
         let started_at = next;
-        let end = run_helper(config, default_run, ctx, &mut next, &tx);
-        let error = match end {
-            HelperEnd::Ended => {
-                let _ = tx.send(SourceMessage::Done);
-                return;
-            }
-            HelperEnd::Stopped => return,
-            HelperEnd::Fatal(message) => message,
+        match run_helper(config, default_run, stopping, &mut next, deliver) {
+            HelperEnd::Ended => return Ok(true),
+            HelperEnd::Stopped => return Ok(false),
+            HelperEnd::Fatal(message) => return Err(message),
             HelperEnd::Died(message) => {
                 // A helper that made progress earns its restarts back.
                 if next > started_at {
                     restarts = 0;
                 }
-                if restarts < config.restarts && !ctx.stopping() {
-                    restarts += 1;
-                    tracing::warn!(source = %ctx.name, next_event = next, restarts,
-                        error = %message, "psana helper died; restarting it at the next event");
-                    continue;
+                if restarts >= config.restarts || stopping() {
+                    return Err(message);
                 }
-                message
+                restarts += 1;
+                tracing::warn!(next_event = next, restarts, error = %message,
+                    "psana helper died; restarting it at the next event");
             }
-        };
-        ctx.metrics
-            .source_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = tx.send(SourceMessage::Failed(AgentError::Source {
-            source_name: ctx.name.clone(),
-            message: error,
-        }));
-        return;
+        }
     }
 }
 
@@ -179,9 +204,9 @@ impl Drop for HelperProcess {
 fn run_helper(
     config: &PsanaConfig,
     default_run: u32,
-    ctx: &ReaderContext,
+    stopping: &dyn Fn() -> bool,
     next: &mut u64,
-    tx: &SyncSender<SourceMessage>,
+    deliver: &mut dyn FnMut(Event) -> bool,
 ) -> HelperEnd {
     let python = python_of(config);
     let child = Command::new(&python)
@@ -249,7 +274,7 @@ fn run_helper(
     };
     let mut started = false;
     loop {
-        if ctx.stopping() {
+        if stopping() {
             return HelperEnd::Stopped;
         }
         let mut len = [0u8; 4];
@@ -290,12 +315,7 @@ fn run_helper(
                     Err(message) => return HelperEnd::Fatal(message),
                 };
                 *next += 1;
-                let position = Position {
-                    file: None,
-                    file_event: *next,
-                    next_index: *next,
-                };
-                if !ctx.send(tx, event, position) {
+                if !deliver(event) {
                     return HelperEnd::Stopped;
                 }
             }
