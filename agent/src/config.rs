@@ -267,7 +267,12 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// LCLS smalldata-like: per-shot scalars and `/jungfrau/image`.
+    /// The layout `lclstream sample` writes: per-shot scalars and `/jungfrau/image`.
+    Sample,
+    /// Files written by LCLS smalldata_tools: every per-event dataset
+    /// (`/ipm2/sum`, `/gas_detector/f_11_ENRC`, `/lightStatus/xray`,
+    /// `/<det>/ROI_0_area`, ...), time from `/timestamp` (psana2) or
+    /// `/event_time` (LCLS-I).
     Smalldata,
     /// CXI-like: `/entry_1/data_1/data` and peak tables.
     Cxi,
@@ -684,7 +689,7 @@ events = 10
         assert_eq!(config.sources.len(), 2);
         assert_eq!(
             config.sources[0].hdf5.as_ref().unwrap().preset,
-            Some(Preset::Smalldata)
+            Some(Preset::Sample)
         );
         assert_eq!(config.stream_settings().name, "LCLS_MFX");
     }

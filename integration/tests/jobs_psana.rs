@@ -97,7 +97,7 @@ async fn a_psana_run_on_disk_is_published_by_a_job() {
     assert_eq!(direct.len(), 40);
 
     let toml = worker_toml(&s.server.url(), &root, "w1", 0.0).replace(
-        "preset = \"smalldata\"",
+        "preset = \"sample\"",
         "pattern = \"{experiment}/xtc/*-r{run:04}-*.xtc2\"",
     ) + &format!(
         "[storage.psana]\npython = \"{}\"\nfields = [{{ detector = \"xppcspad\", field = \"cspad\" }}]\n",

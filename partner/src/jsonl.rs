@@ -34,6 +34,7 @@ pub fn event_line(batch: &BatchInfo, event: &Event) -> Value {
             let v = match v {
                 Scalar::Bool(b) => json!(b),
                 Scalar::Int(i) => json!(i),
+                Scalar::UInt(u) => json!(u),
                 Scalar::Float(f) => json!(f),
                 Scalar::Text(t) => json!(t),
             };

@@ -286,7 +286,7 @@ mod tests {
 instruments = ["mfx"]
 [storage]
 root = "/data"
-preset = "smalldata"
+preset = "sample"
 "#;
 
     #[test]

@@ -56,8 +56,10 @@ pub struct Event {
 pub enum Scalar {
     /// A boolean.
     Bool(bool),
-    /// A signed integer (unsigned values above `i64::MAX` are not supported).
+    /// A signed integer.
     Int(i64),
+    /// An unsigned integer above `i64::MAX` (smaller values are `Int`).
+    UInt(u64),
     /// A 64-bit float.
     Float(f64),
     /// A UTF-8 string.
