@@ -686,7 +686,10 @@ events = 10
     #[test]
     fn example_config_is_valid() {
         let config = AgentConfig::from_toml(include_str!("../agent.example.toml")).unwrap();
-        assert_eq!(config.sources.len(), 2);
+        assert_eq!(config.sources.len(), 3);
+        let psana = config.sources[1].psana.as_ref().unwrap();
+        assert_eq!(psana.fields[1].data, "fex.calib");
+        assert_eq!(psana.fields[2].field, None);
         assert_eq!(
             config.sources[0].hdf5.as_ref().unwrap().preset,
             Some(Preset::Sample)

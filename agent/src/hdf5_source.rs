@@ -378,6 +378,38 @@ impl Hdf5Reader {
         })
     }
 
+    /// Names the plugin filters a dataset needs (HDF5's own error names only
+    /// the plugin directory it searched).
+    fn plugin_hint(&self, dataset: &str) -> String {
+        let Some(column) = self.columns.iter().find(|c| c.dataset_name == dataset) else {
+            return String::new();
+        };
+        let needed: Vec<String> = column
+            .dataset
+            .filters()
+            .iter()
+            .filter_map(|f| match f {
+                hdf5::filters::Filter::User(id, _) => Some(match id {
+                    32001 => "Blosc (32001)".to_string(),
+                    32004 => "LZ4 (32004)".to_string(),
+                    32008 => "bitshuffle (32008)".to_string(),
+                    32015 => "zstd (32015)".to_string(),
+                    32026 => "Blosc2 (32026)".to_string(),
+                    other => format!("filter {other}"),
+                }),
+                _ => None,
+            })
+            .collect();
+        if needed.is_empty() {
+            return String::new();
+        }
+        format!(
+            " (the dataset is compressed with {}: install the Python package hdf5plugin and set \
+             HDF5_PLUGIN_PATH to its PLUGINS_PATH, see docs/operators.md)",
+            needed.join(", ")
+        )
+    }
+
     /// Number of events in the file.
     pub fn events(&self) -> u64 {
         self.events
@@ -407,7 +439,10 @@ impl Hdf5Reader {
         let range = start as usize..end as usize;
         let bad = |name: &str, e: hdf5::Error| AgentError::Hdf5 {
             path: self.path.clone(),
-            message: format!("reading events {start}..{end} of dataset {name}: {e}"),
+            message: format!(
+                "reading events {start}..{end} of dataset {name}: {e}{}",
+                self.plugin_hint(name)
+            ),
         };
         if let Some((name, dataset, format)) = &self.time {
             let times = dataset

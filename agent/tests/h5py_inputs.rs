@@ -242,3 +242,26 @@ fn smalldata_preset_reads_a_smalldata_tools_file() {
         .to_string();
     assert!(err.contains("not a smalldata_tools file"), "{err}");
 }
+
+#[test]
+fn a_plugin_filter_without_its_plugin_is_a_clear_error() {
+    if std::env::var_os("HDF5_PLUGIN_PATH").is_some() {
+        return; // plugins may be found: hdf5_plugins.rs covers that case
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_h5py_files(dir.path());
+    assert!(
+        expected.get("photons").is_some(),
+        "the Python package hdf5plugin is not installed: run scripts/setup"
+    );
+    let reader =
+        Hdf5Reader::open(&dir.path().join("plugins.h5"), &layout(&["bitshuffle"])).unwrap();
+    let err = reader.read(0, 4, 0).err().expect("no plugin").to_string();
+    assert!(
+        err.contains("plugins.h5")
+            && err.contains("/bitshuffle")
+            && err.contains("bitshuffle (32008)")
+            && err.contains("HDF5_PLUGIN_PATH"),
+        "{err}"
+    );
+}
