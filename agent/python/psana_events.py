@@ -70,12 +70,13 @@ def wire_array(np, field, value):
 
 def put_value(np, field, value, scalars, arrays):
     """Stores one psana value: numbers become scalars, arrays arrays; dicts
-    (hsd waveforms: channel -> {"times": ..., 0: ...}) are flattened with `/`."""
+    (hsd waveforms: channel -> {"times": ..., 0: ...}) are flattened with `_`
+    (`hsd_0_times`), as field names are single HDF5 dataset names downstream."""
     if value is None:
         return
     if isinstance(value, dict):
         for key, inner in value.items():
-            put_value(np, f"{field}/{key}", inner, scalars, arrays)
+            put_value(np, f"{field}_{key}", inner, scalars, arrays)
         return
     if isinstance(value, (bool, np.bool_)):
         scalars[field] = bool(value)

@@ -387,6 +387,7 @@ async fn helper_failures_are_clear_agent_errors() {
     let table = source_table(Path::new("python3"), &file, "");
     let plain_has_psana = Command::new("python3")
         .args(["-c", "import psana"])
+        .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(true);
