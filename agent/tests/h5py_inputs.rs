@@ -256,7 +256,7 @@ fn a_plugin_filter_without_its_plugin_is_a_clear_error() {
     );
     let reader =
         Hdf5Reader::open(&dir.path().join("plugins.h5"), &layout(&["bitshuffle"])).unwrap();
-    let err = reader.read(0, 4, 0).err().expect("no plugin").to_string();
+    let err = reader.read(0, 4, 0).expect_err("no plugin").to_string();
     assert!(
         err.contains("plugins.h5")
             && err.contains("/bitshuffle")

@@ -22,7 +22,7 @@ fn event(run: u32, index: u64, frame_side: u64) -> Event {
         ..Default::default()
     };
     let s = &mut e.scalars;
-    s.insert("hit".into(), Scalar::Bool(index % 2 == 0));
+    s.insert("hit".into(), Scalar::Bool(index.is_multiple_of(2)));
     s.insert("big".into(), Scalar::UInt(u64::MAX - index));
     s.insert("pulse".into(), Scalar::Int(index as i64 - 3));
     s.insert("energy".into(), Scalar::Float(9500.25 + index as f64));
