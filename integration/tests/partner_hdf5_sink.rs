@@ -1,5 +1,5 @@
 //! `lclstream pull --hdf5` output, read back with h5py: zero-size arrays,
-//! scalars in their wire type, gzip compression, presence masks of fields
+//! scalars in their wire type (text included), gzip compression, presence masks of fields
 //! missing from some runs; a batch the file cannot take is a clear error that
 //! hands the batch back instead of blocking the consumer or looking complete.
 
@@ -28,6 +28,7 @@ fn event(run: u32, index: u64, frame_side: u64) -> Event {
     s.insert("energy".into(), Scalar::Float(9500.25 + index as f64));
     if run == 2 {
         s.insert("gas".into(), Scalar::Float(0.5));
+        s.insert("note".into(), Scalar::Text(format!("réglage {index}")));
     }
     let pixels: Vec<u16> = (0..frame_side * frame_side)
         .map(|p| 1000 + ((p * 7 + index) % 13) as u16)
@@ -79,6 +80,7 @@ out["hit"]["values"] = [bool(v) for v in g["hit"][()]]
 out["present/gas"]["values"] = [bool(v) for v in g["present/gas"][()]]
 out["gas"]["values"] = [float(v) for v in g["gas"][()]]
 out["run"]["values"] = [int(v) for v in g["run"][()]]
+out["note"]["values"] = [v.decode() for v in g["note"][()]]
 print(json.dumps(out))
 "#;
 
@@ -149,6 +151,11 @@ async fn hdf5_output_keeps_types_compresses_masks_and_refuses_poison_clearly() {
         serde_json::json!([0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5])
     );
     assert_eq!(v["present/frame"]["shape"], serde_json::json!([7]));
+    assert_eq!(v["note"]["dtype"], "|O", "text as variable-length strings");
+    assert_eq!(
+        v["note"]["values"],
+        serde_json::json!(["", "", "", "", "réglage 0", "réglage 1", "réglage 2"])
+    );
 
     // A batch the file cannot take (frames of another shape): a clear error,
     // the batch handed back, and a second pull fails the same way instead of

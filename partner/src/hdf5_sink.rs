@@ -3,7 +3,7 @@
 //! shuffle filter by default; see [`Hdf5Compression`]); `index`, `run` and
 //! `time_ns` datasets give each row's identity. Scalars keep their wire type:
 //! booleans as HDF5 booleans, integers as int64 (uint64 for values above
-//! 2^63-1), floats as float64 (text scalars are not stored). Arrays keep their
+//! 2^63-1), floats as float64, text as variable-length UTF-8. Arrays keep their
 //! dtype and shape, zero-size shapes such as (N, 0) included.
 //!
 //! `present/<field>` (booleans, one row per event) says whether the event had
@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use hdf5::types::VarLenUnicode;
 use hdf5::{Dataset, Group, H5Type};
 use lclstream_nats::wire::{Array, DType, Event, Scalar};
 use ndarray::{ArrayD, IxDyn};
@@ -220,6 +221,7 @@ enum ScalarKind {
     Int,
     UInt,
     Float,
+    Text,
 }
 
 impl ScalarKind {
@@ -229,7 +231,7 @@ impl ScalarKind {
             Scalar::Int(_) => Some(ScalarKind::Int),
             Scalar::UInt(_) => Some(ScalarKind::UInt),
             Scalar::Float(_) => Some(ScalarKind::Float),
-            Scalar::Text(_) => None,
+            Scalar::Text(_) => Some(ScalarKind::Text),
         }
     }
 
@@ -237,6 +239,8 @@ impl ScalarKind {
         let t = ds.dtype().ok()?;
         Some(if t.is::<bool>() {
             ScalarKind::Bool
+        } else if t.is::<VarLenUnicode>() {
+            ScalarKind::Text
         } else if t.is::<u64>() {
             ScalarKind::UInt
         } else if t.is::<f64>() {
@@ -253,6 +257,7 @@ impl ScalarKind {
         use ScalarKind::*;
         match (self, other) {
             (a, b) if a == b => a,
+            (Text, _) | (_, Text) => Text,
             (Float, _) | (_, Float) => Float,
             (UInt, _) | (_, UInt) => UInt,
             _ => Int,
@@ -283,31 +288,60 @@ fn write_scalar_field(
     };
     let n = column.len();
     let c = compression;
+    let text_in_numbers = |t: &str| {
+        anyhow::anyhow!(
+            "field {name}: text value {t:?} in a numeric dataset (written by an earlier batch)"
+        )
+    };
     match kind {
+        ScalarKind::Text => {
+            let mut values = Vec::with_capacity(n);
+            for v in column {
+                let text = match v {
+                    Some(Scalar::Text(t)) => t.clone(),
+                    Some(Scalar::Bool(b)) => b.to_string(),
+                    Some(Scalar::Int(i)) => i.to_string(),
+                    Some(Scalar::UInt(u)) => u.to_string(),
+                    Some(Scalar::Float(f)) => f.to_string(),
+                    None => String::new(),
+                };
+                values.push(
+                    text.parse::<VarLenUnicode>()
+                        .map_err(|e| anyhow::anyhow!("field {name}: {e}"))?,
+                );
+            }
+            write_rows::<VarLenUnicode>(group, name, start, n, &[], values, c)
+        }
         ScalarKind::Bool => {
             let values = column
                 .iter()
-                .map(|v| match v {
-                    Some(Scalar::Bool(b)) => *b,
-                    Some(Scalar::Int(i)) => *i != 0,
-                    Some(Scalar::UInt(u)) => *u != 0,
-                    Some(Scalar::Float(f)) => *f != 0.0,
-                    _ => false,
+                .map(|v| {
+                    Ok(match v {
+                        Some(Scalar::Bool(b)) => *b,
+                        Some(Scalar::Int(i)) => *i != 0,
+                        Some(Scalar::UInt(u)) => *u != 0,
+                        Some(Scalar::Float(f)) => *f != 0.0,
+                        Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
+                        None => false,
+                    })
                 })
-                .collect();
+                .collect::<anyhow::Result<Vec<bool>>>()?;
             write_rows::<bool>(group, name, start, n, &[], values, c)
         }
         ScalarKind::Float => {
             let values = column
                 .iter()
-                .map(|v| match v {
-                    Some(Scalar::Float(f)) => *f,
-                    Some(Scalar::Int(i)) => *i as f64,
-                    Some(Scalar::UInt(u)) => *u as f64,
-                    Some(Scalar::Bool(b)) => *b as u8 as f64,
-                    _ => 0.0,
+                .map(|v| {
+                    Ok(match v {
+                        Some(Scalar::Float(f)) => *f,
+                        Some(Scalar::Int(i)) => *i as f64,
+                        Some(Scalar::UInt(u)) => *u as f64,
+                        Some(Scalar::Bool(b)) => *b as u8 as f64,
+                        Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
+                        None => 0.0,
+                    })
                 })
-                .collect();
+                .collect::<anyhow::Result<Vec<f64>>>()?;
             write_rows::<f64>(group, name, start, n, &[], values, c)
         }
         ScalarKind::UInt => {
@@ -322,7 +356,8 @@ fn write_scalar_field(
                     })?,
                     Some(Scalar::Bool(b)) => *b as u64,
                     Some(Scalar::Float(f)) => *f as u64,
-                    _ => 0,
+                    Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
+                    None => 0,
                 });
             }
             write_rows::<u64>(group, name, start, n, &[], values, c)
@@ -340,7 +375,8 @@ fn write_scalar_field(
                     })?,
                     Some(Scalar::Bool(b)) => *b as i64,
                     Some(Scalar::Float(f)) => *f as i64,
-                    _ => 0,
+                    Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
+                    None => 0,
                 });
             }
             write_rows::<i64>(group, name, start, n, &[], values, c)
@@ -435,10 +471,8 @@ impl EventSink for Hdf5Sink {
             for (name, array) in &event.arrays {
                 arrays.entry(name.as_str()).or_insert(array);
             }
-            for (name, value) in &event.scalars {
-                if !matches!(value, Scalar::Text(_)) {
-                    scalars.insert(name.as_str(), ());
-                }
+            for name in event.scalars.keys() {
+                scalars.insert(name.as_str(), ());
             }
         }
         let c = self.compression;
@@ -549,7 +583,7 @@ mod tests {
         e.scalars
             .insert("pulse".into(), Scalar::Int(index as i64 * 2));
         e.scalars
-            .insert("note".into(), Scalar::Text("not stored".into()));
+            .insert("note".into(), Scalar::Text(format!("shot é{index}")));
         if with_frame {
             let pixels: Vec<u16> = (0..6).map(|p| (p + index) as u16).collect();
             e.arrays.insert(
@@ -594,7 +628,9 @@ mod tests {
             group.dataset("pulse").unwrap().read_raw::<i64>().unwrap(),
             vec![0, 2, 2]
         );
-        assert!(!group.link_exists("note"));
+        let notes: Vec<VarLenUnicode> = group.dataset("note").unwrap().read_raw().unwrap();
+        let notes: Vec<&str> = notes.iter().map(|n| n.as_str()).collect();
+        assert_eq!(notes, ["shot é0", "shot é1", "shot é1"]);
         let frame = group.dataset("frame").unwrap();
         assert_eq!(frame.shape(), vec![3, 2, 3]);
         let values: Vec<u16> = frame.read_raw().unwrap();
