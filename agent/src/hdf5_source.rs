@@ -618,7 +618,7 @@ fn scalar_of(dtype: DType, b: &[u8]) -> Scalar {
             i64::try_from(v).map_or(Scalar::UInt(v), Scalar::Int)
         }
         DType::I64 => Scalar::Int(i64::from_le_bytes(bytes8(b))),
-        DType::F32 => Scalar::Float(f32::from_le_bytes(bytes4(b)) as f64),
+        DType::F32 => Scalar::Float32(f32::from_le_bytes(bytes4(b))),
         DType::F64 => Scalar::Float(f64::from_le_bytes(bytes8(b))),
     }
 }

@@ -249,7 +249,9 @@ fn run_helper(
     let Some(stdout) = child.0.stdout.take() else {
         return HelperEnd::Fatal("psana helper has no stdout".into());
     };
-    let mut reader = BufReader::with_capacity(1 << 20, stdout);
+    // A small buffer keeps the helper at most a pipe's worth ahead of the
+    // agent: it reads as fast as events are taken, not into memory.
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
     let describe_exit = |child: &mut HelperProcess, what: &str| -> String {
         let status = child.0.wait();
         // Let the stderr thread catch up with what the dead process wrote.

@@ -26,6 +26,7 @@ fn event(run: u32, index: u64, frame_side: u64) -> Event {
     s.insert("big".into(), Scalar::UInt(u64::MAX - index));
     s.insert("pulse".into(), Scalar::Int(index as i64 - 3));
     s.insert("energy".into(), Scalar::Float(9500.25 + index as f64));
+    s.insert("pulse_mj".into(), Scalar::Float32(0.1 + index as f32));
     if run == 2 {
         s.insert("gas".into(), Scalar::Float(0.5));
         s.insert("note".into(), Scalar::Text(format!("réglage {index}")));
@@ -129,6 +130,7 @@ async fn hdf5_output_keeps_types_compresses_masks_and_refuses_poison_clearly() {
     assert_eq!(dtype("big"), "<u8", "uint64 stays unsigned");
     assert_eq!(dtype("pulse"), "<i8");
     assert_eq!(dtype("energy"), "<f8");
+    assert_eq!(dtype("pulse_mj"), "<f4", "float32 stays float32");
     assert_eq!(dtype("frame"), "<u2");
     assert_eq!(v["peaks"]["shape"], serde_json::json!([7, 0, 3]));
     assert_eq!(v["peaks"]["dtype"], "<f4");

@@ -1,5 +1,6 @@
 //! Unsigned scalars above `i64::MAX` (HDF5 uint64 datasets) keep their exact
-//! value through the wire format; smaller values stay `Int`.
+//! value through the wire format (smaller values stay `Int`), and 32-bit
+//! floats stay 32-bit.
 
 use lclstream_nats::wire::{self, Batch, DecodeLimits, EncodeOptions, Event, Scalar};
 
@@ -13,7 +14,8 @@ fn uint64_above_i64_max_round_trips_exactly() {
             };
             e.scalars.insert("big".into(), Scalar::UInt(u64::MAX - i));
             e.scalars.insert("small".into(), Scalar::Int(i as i64));
-            e.scalars.insert("x".into(), Scalar::Float(0.5));
+            e.scalars.insert("x".into(), Scalar::Float(0.1));
+            e.scalars.insert("y".into(), Scalar::Float32(0.1));
             e
         })
         .collect();
@@ -34,4 +36,9 @@ fn uint64_above_i64_max_round_trips_exactly() {
     assert_eq!(decoded, batch);
     assert_eq!(decoded.events[2].scalars["big"], Scalar::UInt(u64::MAX - 2));
     assert_eq!(decoded.events[1].scalars["small"], Scalar::Int(1));
+    assert_eq!(decoded.events[0].scalars["x"], Scalar::Float(0.1));
+    assert_eq!(decoded.events[0].scalars["y"], Scalar::Float32(0.1));
+    // JSON (job requests, documents) reads small unsigned integers as Int.
+    let scalar: Scalar = serde_json::from_str("7").unwrap();
+    assert_eq!(scalar, Scalar::Int(7));
 }

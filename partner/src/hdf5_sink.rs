@@ -3,7 +3,7 @@
 //! shuffle filter by default; see [`Hdf5Compression`]); `index`, `run` and
 //! `time_ns` datasets give each row's identity. Scalars keep their wire type:
 //! booleans as HDF5 booleans, integers as int64 (uint64 for values above
-//! 2^63-1), floats as float64, text as variable-length UTF-8. Arrays keep their
+//! 2^63-1), floats as float32 or float64, text as variable-length UTF-8. Arrays keep their
 //! dtype and shape, zero-size shapes such as (N, 0) included.
 //!
 //! `present/<field>` (booleans, one row per event) says whether the event had
@@ -221,6 +221,7 @@ enum ScalarKind {
     Int,
     UInt,
     Float,
+    Float32,
     Text,
 }
 
@@ -231,6 +232,7 @@ impl ScalarKind {
             Scalar::Int(_) => Some(ScalarKind::Int),
             Scalar::UInt(_) => Some(ScalarKind::UInt),
             Scalar::Float(_) => Some(ScalarKind::Float),
+            Scalar::Float32(_) => Some(ScalarKind::Float32),
             Scalar::Text(_) => Some(ScalarKind::Text),
         }
     }
@@ -245,6 +247,8 @@ impl ScalarKind {
             ScalarKind::UInt
         } else if t.is::<f64>() {
             ScalarKind::Float
+        } else if t.is::<f32>() {
+            ScalarKind::Float32
         } else {
             ScalarKind::Int
         })
@@ -258,7 +262,7 @@ impl ScalarKind {
         match (self, other) {
             (a, b) if a == b => a,
             (Text, _) | (_, Text) => Text,
-            (Float, _) | (_, Float) => Float,
+            (Float, _) | (_, Float) | (Float32, _) | (_, Float32) => Float,
             (UInt, _) | (_, UInt) => UInt,
             _ => Int,
         }
@@ -303,6 +307,7 @@ fn write_scalar_field(
                     Some(Scalar::Int(i)) => i.to_string(),
                     Some(Scalar::UInt(u)) => u.to_string(),
                     Some(Scalar::Float(f)) => f.to_string(),
+                    Some(Scalar::Float32(f)) => f.to_string(),
                     None => String::new(),
                 };
                 values.push(
@@ -321,6 +326,7 @@ fn write_scalar_field(
                         Some(Scalar::Int(i)) => *i != 0,
                         Some(Scalar::UInt(u)) => *u != 0,
                         Some(Scalar::Float(f)) => *f != 0.0,
+                        Some(Scalar::Float32(f)) => *f != 0.0,
                         Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
                         None => false,
                     })
@@ -334,6 +340,7 @@ fn write_scalar_field(
                 .map(|v| {
                     Ok(match v {
                         Some(Scalar::Float(f)) => *f,
+                        Some(Scalar::Float32(f)) => *f as f64,
                         Some(Scalar::Int(i)) => *i as f64,
                         Some(Scalar::UInt(u)) => *u as f64,
                         Some(Scalar::Bool(b)) => *b as u8 as f64,
@@ -343,6 +350,32 @@ fn write_scalar_field(
                 })
                 .collect::<anyhow::Result<Vec<f64>>>()?;
             write_rows::<f64>(group, name, start, n, &[], values, c)
+        }
+        ScalarKind::Float32 => {
+            let mut values = Vec::with_capacity(n);
+            for v in column {
+                let wide = match v {
+                    Some(Scalar::Float32(f)) => {
+                        values.push(*f);
+                        continue;
+                    }
+                    Some(Scalar::Float(f)) => *f,
+                    Some(Scalar::Int(i)) => *i as f64,
+                    Some(Scalar::UInt(u)) => *u as f64,
+                    Some(Scalar::Bool(b)) => *b as u8 as f64,
+                    Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
+                    None => 0.0,
+                };
+                let narrow = wide as f32;
+                if narrow as f64 != wide && !wide.is_nan() {
+                    bail!(
+                        "field {name}: value {wide} does not fit the float32 dataset \
+                         (written by an earlier batch); write to a new file"
+                    );
+                }
+                values.push(narrow);
+            }
+            write_rows::<f32>(group, name, start, n, &[], values, c)
         }
         ScalarKind::UInt => {
             let mut values = Vec::with_capacity(n);
@@ -356,6 +389,7 @@ fn write_scalar_field(
                     })?,
                     Some(Scalar::Bool(b)) => *b as u64,
                     Some(Scalar::Float(f)) => *f as u64,
+                    Some(Scalar::Float32(f)) => *f as u64,
                     Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
                     None => 0,
                 });
@@ -375,6 +409,7 @@ fn write_scalar_field(
                     })?,
                     Some(Scalar::Bool(b)) => *b as i64,
                     Some(Scalar::Float(f)) => *f as i64,
+                    Some(Scalar::Float32(f)) => *f as i64,
                     Some(Scalar::Text(t)) => return Err(text_in_numbers(t)),
                     None => 0,
                 });

@@ -36,6 +36,7 @@ pub fn event_line(batch: &BatchInfo, event: &Event) -> Value {
                 Scalar::Int(i) => json!(i),
                 Scalar::UInt(u) => json!(u),
                 Scalar::Float(f) => json!(f),
+                Scalar::Float32(f) => json!(f),
                 Scalar::Text(t) => json!(t),
             };
             (k.clone(), v)
