@@ -281,6 +281,11 @@ fn run_helper(
         }
         let mut len = [0u8; 4];
         if let Err(e) = reader.read_exact(&mut len) {
+            if !started {
+                // It never got going (no msgpack, a broken interpreter):
+                // starting it again would fail the same way.
+                return HelperEnd::Fatal(describe_exit(&mut child, "could not start"));
+            }
             let what = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!("ended its output before the end of the run (next event {next})")
             } else {
