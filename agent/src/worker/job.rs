@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use lclstream_nats::protocol::job_stores::{update_record, Updated};
@@ -105,6 +105,38 @@ fn count_events(
     Ok(total)
 }
 
+/// Holds events back to a target rate (events per second; 0 = as fast as read).
+struct Pacer {
+    rate: f64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        Pacer {
+            rate,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Waits until the next event is due; false when `stop` was raised meanwhile.
+    fn wait(&mut self, stop: &AtomicBool) -> bool {
+        if self.rate > 0.0 {
+            let due = self.started + Duration::from_secs_f64(self.sent as f64 / self.rate);
+            while Instant::now() < due {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep((due - Instant::now()).min(Duration::from_millis(50)));
+            }
+        }
+        self.sent += 1;
+        true
+    }
+}
+
 /// Reads every run of the plan, processed, into `tx` (a blocking thread).
 #[allow(clippy::too_many_arguments)]
 fn read_all(
@@ -118,8 +150,7 @@ fn read_all(
     tx: mpsc::Sender<Item>,
 ) {
     let send = |item: Item| tx.blocking_send(item).is_ok();
-    let started = Instant::now();
-    let mut sent = 0u64;
+    let mut pacer = Pacer::new(rate);
     for (run, files) in plan {
         let mut offset = 0u64;
         for file in files {
@@ -145,18 +176,9 @@ fn read_all(
                     }
                 };
                 for mut event in events {
-                    if rate > 0.0 {
-                        let due = started + std::time::Duration::from_secs_f64(sent as f64 / rate);
-                        while Instant::now() < due {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            std::thread::sleep(
-                                (due - Instant::now()).min(std::time::Duration::from_millis(50)),
-                            );
-                        }
+                    if !pacer.wait(&stop) {
+                        return;
                     }
-                    sent += 1;
                     if let Err(e) = processor.apply(&mut event) {
                         send(Item::Failed(format!("{}: processing {e}", file.display())));
                         return;
@@ -190,8 +212,7 @@ fn read_all_psana(
     tx: mpsc::Sender<Item>,
 ) {
     let send = |item: Item| tx.blocking_send(item).is_ok();
-    let started = Instant::now();
-    let mut sent = 0u64;
+    let mut pacer = Pacer::new(rate);
     for (run, files) in plan {
         let n_files = files.len();
         let config = PsanaConfig {
@@ -202,18 +223,9 @@ fn read_all_psana(
         let start = range.map(|r| r.first).unwrap_or(0);
         let mut failed = None;
         let mut deliver = |mut event: Event| {
-            if rate > 0.0 {
-                let due = started + std::time::Duration::from_secs_f64(sent as f64 / rate);
-                while Instant::now() < due {
-                    if stop.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    std::thread::sleep(
-                        (due - Instant::now()).min(std::time::Duration::from_millis(50)),
-                    );
-                }
+            if !pacer.wait(&stop) {
+                return false;
             }
-            sent += 1;
             if let Err(e) = processor.apply(&mut event) {
                 failed = Some(format!("run {run}: processing {e}"));
                 return false;
