@@ -266,6 +266,16 @@ impl Gateway {
         let audit = Arc::new(Audit::open(&config.audit).context("opening the audit log")?);
         let quotas = Arc::new(QuotaBook::new(clock));
         if let Some(path) = &config.quota.state_file {
+            // Create the state file's directory now, so that a missing one is
+            // an error at start-up naming it, not a warning every metering pass.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!(
+                        "creating {} (the directory of quota.state_file)",
+                        parent.display()
+                    )
+                })?;
+            }
             if path.exists() {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod deploy;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;

@@ -63,6 +63,7 @@ impl Plan {
                 domain: Some(server.domain.clone()),
                 max_memory: t.max_memory_store.unwrap_or(js.max_memory),
                 max_file: t.max_file_store.unwrap_or(js.max_file),
+                sync_interval: js.sync_interval.clone(),
             };
         }
         let tls = t.tls.as_ref();

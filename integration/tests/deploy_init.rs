@@ -1,0 +1,158 @@
+//! `lclstream init DIR` writes a deployment that runs from its README alone:
+//! the test runs `init`, then exactly the commands of the README's ```sh
+//! blocks (real nats-server with the auth callout, gateway, agent, sample
+//! run, partner pull), and checks the partner received every event, with
+//! the gateway's decision in the audit log.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lclstream_nats::server::{find_nats_server, free_port};
+
+/// Children killed (by their own handle) when the test ends, pass or fail.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn readme_commands(text: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            in_sh = !in_sh && info == "sh";
+            continue;
+        }
+        if in_sh && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            commands.push(trimmed.to_string());
+        }
+    }
+    commands
+}
+
+fn program(word: &str) -> PathBuf {
+    match word {
+        "lclstream" => PathBuf::from(env!("CARGO_BIN_EXE_lclstream-e2e")),
+        "nats-server" => find_nats_server().expect("nats-server on PATH"),
+        other => panic!("the README runs {other:?}, which the deployment does not install"),
+    }
+}
+
+fn wait_for(what: &str, log: &Path, needle: &str, children: &mut Children) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        for (name, child) in &mut children.0 {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{name} exited ({status}) before {what}:\n{text}");
+            }
+        }
+        assert!(Instant::now() < deadline, "no {what} within 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("lclstream");
+    let port = free_port().unwrap();
+    let monitor = free_port().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .arg("init")
+        .arg(&dir)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--monitor-port",
+            &monitor.to_string(),
+        ])
+        .args(["--storage-gib", "4", "--stream-gib", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let commands = readme_commands(&readme);
+    assert_eq!(commands.len(), 5, "{commands:?}");
+
+    let mut children = Children(Vec::new());
+    for (i, command) in commands.iter().enumerate() {
+        let (line, background) = match command.strip_suffix('&') {
+            Some(line) => (line.trim(), true),
+            None => (command.as_str(), false),
+        };
+        let words = shlex::split(line).expect("a shell command");
+        let log = temp.path().join(format!("step-{i}.log"));
+        let file = File::create(&log).unwrap();
+        let mut process = Command::new(program(&words[0]));
+        process
+            .args(&words[1..])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        if background {
+            let child = process.spawn().unwrap();
+            children.0.push((line.to_string(), child));
+            match words[0].as_str() {
+                "nats-server" => wait_for("server ready", &log, "Server is ready", &mut children),
+                _ if words.get(1).map(String::as_str) == Some("gateway") => {
+                    wait_for("gateway ready", &log, "gateway running", &mut children)
+                }
+                _ => {}
+            }
+        } else {
+            let mut child = process.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(180);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!(
+                        "{line} did not finish within 180 s:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(
+                status.success(),
+                "{line} failed:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    }
+
+    // The partner received every event of the sample run, once, into its file.
+    let pull_log = std::fs::read_to_string(temp.path().join("step-4.log")).unwrap();
+    assert!(
+        pull_log.contains("\"events\":200") && pull_log.contains("\"duplicates_skipped\":0"),
+        "expected 200 events at the partner; pull said:\n{pull_log}"
+    );
+    assert!(dir.join("received.h5").is_file());
+    let audit = std::fs::read_to_string(dir.join("log/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"decision\":\"allow\"") && l.contains("example-university")),
+        "{audit}"
+    );
+    assert!(dir.join("state").is_dir());
+}
