@@ -244,6 +244,7 @@ impl Agent {
                 if !ensure_stream(&js, &settings, create, &subjects, &mut mode, &publish).await? {
                     return Ok(());
                 }
+                tracing::info!(stream = %settings.name, "stream ready");
                 Publisher::new(js, spool, publish, metrics, interval, replay_below)
                     .run(mode)
                     .await

@@ -344,8 +344,10 @@ lclstream gateway --config {d}/gateway.toml &
 lclstream agent --config {d}/agent.toml &
 ```
 
-The agent watches `{data}` for new HDF5 files (`smalldata` layout) and
-publishes them into stream `{stream}`. Write a sample run there to try it:
+Wait for each to be up (nats-server logs `Server is ready`, the gateway
+`gateway running`, the agent `stream ready`). The agent watches `{data}` for
+new HDF5 files (`smalldata` layout) and publishes them into stream
+`{stream}`, which it creates at start-up. Write a sample run there to try it:
 
 ```sh
 lclstream sample --layout smalldata --events 200 --out {data}/sample.h5

@@ -91,6 +91,8 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
     let commands = readme_commands(&readme);
     assert_eq!(commands.len(), 5, "{commands:?}");
 
+    operators_guide_shows_the_same_commands(&commands, &dir, port);
+
     let mut children = Children(Vec::new());
     for (i, command) in commands.iter().enumerate() {
         let (line, background) = match command.strip_suffix('&') {
@@ -113,6 +115,10 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
                 "nats-server" => wait_for("server ready", &log, "Server is ready", &mut children),
                 _ if words.get(1).map(String::as_str) == Some("gateway") => {
                     wait_for("gateway ready", &log, "gateway running", &mut children)
+                }
+                // As the README says: the partner pulls once the stream exists.
+                _ if words.get(1).map(String::as_str) == Some("agent") => {
+                    wait_for("stream ready", &log, "stream ready", &mut children)
                 }
                 _ => {}
             }
@@ -155,4 +161,37 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         "{audit}"
     );
     assert!(dir.join("state").is_dir());
+}
+
+/// docs/operators.md ("One host in one command") shows the commands `init`
+/// writes into its README, for `/srv/lclstream` and the default port.
+fn operators_guide_shows_the_same_commands(readme: &[String], dir: &Path, port: u16) {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operators.md"))
+            .unwrap();
+    let start = guide
+        .find("## 2. One host in one command")
+        .expect("section 2");
+    let end = guide[start..]
+        .find("\n## 3.")
+        .map_or(guide.len(), |e| start + e);
+    let shown: Vec<String> = readme_commands(&guide[start..end])
+        .into_iter()
+        .filter(|c| !c.starts_with("lclstream init"))
+        .map(|c| {
+            c.replace("/srv/lclstream", &dir.display().to_string())
+                .replace("127.0.0.1:4222", &format!("127.0.0.1:{port}"))
+        })
+        .collect();
+    let written: Vec<&str> = readme
+        .iter()
+        .map(|c| c.strip_suffix('&').unwrap_or(c).trim())
+        .collect();
+    assert_eq!(shown.len(), written.len(), "{shown:#?}\n{written:#?}");
+    for command in &shown {
+        assert!(
+            written.contains(&command.as_str()),
+            "docs/operators.md shows {command:?}, which init does not write:\n{written:#?}"
+        );
+    }
 }
