@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lclstream_gateway::keys::GatewayKeys;
 use lclstream_nats::server::{find_nats_server, free_port};
 
 /// Children killed (by their own handle) when the test ends, pass or fail.
@@ -194,4 +195,174 @@ fn operators_guide_shows_the_same_commands(readme: &[String], dir: &Path, port: 
             "docs/operators.md shows {command:?}, which init does not write:\n{written:#?}"
         );
     }
+}
+
+/// `lclstream nats render --gateway-keys` renders the callout (accounts,
+/// issuer, xkey, system account) with TLS into the sites the production
+/// topology lists in `auth.callout_sites`, fsync-before-ack on edge and
+/// facility servers, and nats-server accepts the result (`-t`, with a
+/// throwaway certificate in place of the production paths).
+#[test]
+fn render_puts_the_callout_where_the_topology_asks() {
+    let temp = tempfile::tempdir().unwrap();
+    let topology =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/topologies/production-example.toml");
+    let out = temp.path().join("out");
+    let lclstream = env!("CARGO_BIN_EXE_lclstream-e2e");
+    let refused = Command::new(lclstream)
+        .args(["nats", "render"])
+        .arg(&topology)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--gateway-keys"));
+    let keys = temp.path().join("keys");
+    let rendered = Command::new(lclstream)
+        .args(["nats", "render"])
+        .arg(&topology)
+        .arg("--out")
+        .arg(&out)
+        .arg("--gateway-keys")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let issuer = std::fs::read_to_string(keys.join("issuer.pub")).unwrap();
+    let xkey = std::fs::read_to_string(keys.join("xkey.pub")).unwrap();
+    let conf = |name: &str| std::fs::read_to_string(out.join(format!("{name}.conf"))).unwrap();
+    for server in ["fac-1", "fac-2", "fac-3", "nersc-1", "nersc-2", "nersc-3"] {
+        let text = conf(server);
+        for needle in [
+            "auth_callout",
+            issuer.trim(),
+            xkey.trim(),
+            "system_account: SYS",
+            "PARTNERS {",
+            "tls {",
+        ] {
+            assert!(text.contains(needle), "{server}.conf lacks {needle:?}");
+        }
+        assert_eq!(
+            text.contains("sync_interval: \"always\""),
+            server.starts_with("fac"),
+            "{server}"
+        );
+    }
+    for edge in ["edge-mfx", "edge-cxi"] {
+        let text = conf(edge);
+        assert!(!text.contains("auth_callout"), "{edge}");
+        assert!(text.contains("sync_interval: \"always\""), "{edge}");
+    }
+
+    // nats-server accepts the facility, partner and edge configurations.
+    let Ok(nats_server) = find_nats_server() else {
+        panic!("nats-server is not installed (scripts/setup installs it)");
+    };
+    let cert = temp.path().join("cert.pem");
+    let key = temp.path().join("key.pem");
+    let openssl = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=lclstream-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !openssl.is_ok_and(|o| o.status.success()) {
+        eprintln!("openssl not available: skipping the nats-server -t check");
+        return;
+    }
+    for server in ["fac-1", "nersc-1", "edge-mfx"] {
+        let text = conf(server)
+            .replace("/etc/lclstream/tls/server.pem", &cert.display().to_string())
+            .replace(
+                "/etc/lclstream/tls/server-key.pem",
+                &key.display().to_string(),
+            )
+            .replace("/etc/lclstream/tls/ca.pem", &cert.display().to_string())
+            .replace(
+                "/var/lib/lclstream/nats",
+                &temp.path().join("store").display().to_string(),
+            );
+        let path = temp.path().join(format!("check-{server}.conf"));
+        std::fs::write(&path, text).unwrap();
+        let check = Command::new(&nats_server)
+            .arg("-t")
+            .arg("-c")
+            .arg(&path)
+            .env("LCLSTREAM_LEAF_PASSWORD", "leaf")
+            .env("LCLSTREAM_DAQ_PASSWORD", "daq")
+            .env("LCLSTREAM_EDGE_SYSTEM_PASSWORD", "system")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "nats-server refuses {server}.conf: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
+/// `lclstream nats server --gateway-keys DIR` runs with the callout: the
+/// gateway's own users (from DIR) connect, any other key waits for a callout
+/// answer that no gateway gives, and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_runs_with_the_callout_on_request() {
+    use std::io::{BufRead, BufReader};
+    let temp = tempfile::tempdir().unwrap();
+    let keys = temp.path().join("keys");
+    let port = free_port().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args([
+            "nats",
+            "server",
+            "--port",
+            &port.to_string(),
+            "--gateway-keys",
+        ])
+        .arg(&keys)
+        .args(["--sync-interval", "always"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut children = Children(Vec::new());
+    let stdout = child.stdout.take().unwrap();
+    children.0.push(("nats server".into(), child));
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    assert!(first.contains(&url), "{first}");
+
+    let gateway = lclstream_gateway::keys::GatewayKeys::load_or_generate(&keys, true).unwrap();
+    let service =
+        async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&gateway.service_user))
+            .connect(&url)
+            .await;
+    assert!(
+        service.is_ok(),
+        "the gateway's service user connects: {service:?}"
+    );
+    let stranger = nkeys::KeyPair::new_user();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        async_nats::ConnectOptions::with_nkey(stranger.seed().unwrap()).connect(&url),
+    )
+    .await
+    .expect("the server answers within 20 s");
+    assert!(
+        refused.is_err(),
+        "a key not authorized by a callout is refused"
+    );
 }
