@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod codec;
+pub mod durability;
 pub mod latency;
 pub mod memory;
 pub mod pull;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     Latency(latency::LatencyBenchArgs),
     /// Scaling: throughput vs batch size and vs number of concurrent partner consumers.
     Scaling(scaling::ScalingBenchArgs),
+    /// Durability: JetStream sync_interval always (fsync before ack) vs the server default.
+    Durability(durability::DurabilityBenchArgs),
     /// Memory: peak RSS of the agent (backfill, stalled broker) and gateway (request burst) vs an idle process.
     Memory(memory::MemoryBenchArgs),
 }
@@ -39,5 +42,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Latency(args) => latency::run(args).await,
         BenchCommand::Scaling(args) => scaling::run(args).await,
         BenchCommand::Memory(args) => memory::run(args).await,
+        BenchCommand::Durability(args) => durability::run(args).await,
     }
 }
