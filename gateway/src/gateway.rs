@@ -224,9 +224,13 @@ pub async fn connect(
     service_seed: Option<String>,
     name: &str,
 ) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
+    let mut options = lclstream_nats::connection_events::log_events_with_url(
+        async_nats::ConnectOptions::new(),
+        &config.url,
+        name,
+    )
+    .name(name)
+    .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
     if let Some(seed) = service_seed {
         options = options.nkey(seed);
     } else if let Some(path) = &config.nkey_seed_file {

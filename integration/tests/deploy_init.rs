@@ -366,3 +366,45 @@ async fn nats_server_runs_with_the_callout_on_request() {
         "a key not authorized by a callout is refused"
     );
 }
+
+/// An unreachable server is named: the agent's connection errors carry the URL.
+#[test]
+fn connection_failures_name_the_url() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("site");
+    let port = free_port().unwrap();
+    let init = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .arg("init")
+        .arg(&dir)
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let log = temp.path().join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args(["--log-format", "json", "agent", "--config"])
+        .arg(dir.join("agent.toml"))
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&url) && text.contains("error") {
+            break true;
+        }
+        if Instant::now() > deadline || agent.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        found,
+        "no connection error naming {url}:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

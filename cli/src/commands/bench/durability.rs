@@ -104,7 +104,12 @@ async fn measure(
     let seconds = started.elapsed().as_secs_f64();
 
     let mut latencies = Vec::with_capacity(args.latency_messages);
-    for (i, m) in messages.iter().cycle().take(args.latency_messages).enumerate() {
+    for (i, m) in messages
+        .iter()
+        .cycle()
+        .take(args.latency_messages)
+        .enumerate()
+    {
         let mut headers = m.headers.clone();
         headers.insert("Nats-Msg-Id", format!("latency-{i}").as_str());
         let sent = Instant::now();
