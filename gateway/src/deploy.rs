@@ -58,6 +58,8 @@ pub struct InitOptions {
     /// `jetstream { sync_interval }`: `always` (the default) fsyncs each
     /// write before acknowledging it.
     pub sync_interval: String,
+    /// Address of the gateway's Prometheus endpoint.
+    pub gateway_metrics: String,
 }
 
 impl Default for InitOptions {
@@ -72,6 +74,7 @@ impl Default for InitOptions {
             max_file_store: 64 * GIB,
             stream_max_bytes: 8 * GIB,
             sync_interval: "always".into(),
+            gateway_metrics: "127.0.0.1:9465".into(),
         }
     }
 }
@@ -214,12 +217,17 @@ keys_dir = {keys}
 callout = true
 encrypt = true
 user_ttl_secs = 3600
+
+[metrics]
+# Prometheus endpoint: GET /metrics (see docs/grafana-dashboard.json).
+listen = {metrics}
 "#,
             url = toml_str(&url),
             policies = toml_path(&policies),
             state = toml_path(&dir.join("state/quota.json")),
             audit = toml_path(&dir.join("log/audit.jsonl")),
             keys = toml_path(&gateway_keys_dir),
+            metrics = toml_str(&options.gateway_metrics),
         ),
     )?;
 

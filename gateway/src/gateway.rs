@@ -125,6 +125,14 @@ pub struct QuotaConfig {
     pub state_file: Option<PathBuf>,
 }
 
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of `GET /metrics` (e.g. `127.0.0.1:9465`); none for no endpoint.
+    pub listen: Option<String>,
+}
+
 /// The whole gateway configuration (`gateway.toml`; see `gateway/gateway.example.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +159,9 @@ pub struct GatewayConfig {
     /// Publish jobs (`docs/jobs.md`).
     #[serde(default)]
     pub jobs: crate::jobs::JobsConfig,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 impl GatewayConfig {
@@ -202,6 +213,7 @@ impl GatewayConfig {
             audit: AuditConfig::default(),
             auth: None,
             jobs: crate::jobs::JobsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -427,6 +439,35 @@ impl Gateway {
                 }
             })
         };
+        if let Some(listen) = &config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(listen.as_str())
+                .await
+                .with_context(|| format!("binding metrics.listen {listen}"))?;
+            // Connections per institution come from the servers' CONNZ, which
+            // only the system account may ask.
+            let system = match &keys {
+                Some(keys) => Some(
+                    connect(
+                        &config.nats,
+                        Some(GatewayKeys::seed_of(&keys.system_user)),
+                        "lclstream-gateway-metrics",
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let sources = crate::metrics::ScrapeSources {
+                policies: policies.clone(),
+                quotas: quotas.clone(),
+                system,
+            };
+            tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                sources,
+                stop_tx.subscribe(),
+            ));
+        }
         tracing::info!(
             "gateway running on {} with {} institution policies",
             config.nats.url,

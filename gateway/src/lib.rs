@@ -17,6 +17,7 @@ pub mod deploy;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub use lclstream_nats::protocol::naming;
 pub mod policy;
 pub mod quota;

@@ -71,6 +71,7 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
     let dir = temp.path().join("lclstream");
     let port = free_port().unwrap();
     let monitor = free_port().unwrap();
+    let metrics = free_port().unwrap();
     let init = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
         .arg("init")
         .arg(&dir)
@@ -81,6 +82,7 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
             &monitor.to_string(),
         ])
         .args(["--storage-gib", "4", "--stream-gib", "1"])
+        .args(["--gateway-metrics", &format!("127.0.0.1:{metrics}")])
         .output()
         .unwrap();
     assert!(
@@ -162,6 +164,44 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         "{audit}"
     );
     assert!(dir.join("state").is_dir());
+
+    // The gateway's Prometheus endpoint shows the partner's request, the
+    // callout's answers, its quota state and its live connections (none now).
+    let body = http_get(&format!("127.0.0.1:{metrics}"), "/metrics");
+    for needle in [
+        "lclstream_gateway_decisions_total{institution=\"example-university\",action=\"request\",decision=\"allow\"}",
+        "lclstream_gateway_decisions_total{institution=\"example-university\",action=\"connect\",decision=\"allow\"}",
+        "lclstream_gateway_bytes_metered_today{institution=\"example-university\"}",
+        "lclstream_gateway_quota_requests_last_hour{institution=\"example-university\"} 1",
+        "lclstream_gateway_connections{institution=\"example-university\"}",
+    ] {
+        assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
+    }
+    let answered: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("lclstream_gateway_callout_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(answered >= 2, "callout answers counted: {answered}\n{body}");
+    assert!(http_get(&format!("127.0.0.1:{metrics}"), "/other").starts_with("HTTP/1.0 404"));
+}
+
+/// A plain HTTP/1.0 GET; returns the whole response for /other, the body for /metrics.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    if path == "/metrics" {
+        assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+        response.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    } else {
+        response
+    }
 }
 
 /// docs/operators.md ("One host in one command") shows the commands `init`

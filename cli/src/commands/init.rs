@@ -41,6 +41,9 @@ pub struct InitArgs {
     /// trades that for speed (see docs/benchmarks.md).
     #[arg(long, default_value = "always")]
     pub sync_interval: String,
+    /// Address of the gateway's Prometheus endpoint (`GET /metrics`).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub gateway_metrics: String,
 }
 
 /// Runs `lclstream init`.
@@ -56,6 +59,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         max_file_store: args.storage_gib.saturating_mul(GIB),
         stream_max_bytes: args.stream_gib.saturating_mul(GIB),
         sync_interval: args.sync_interval,
+        gateway_metrics: args.gateway_metrics,
     };
     let deployment = deploy::init(&args.dir, &options)?;
     println!(

@@ -245,7 +245,9 @@ impl AuthCallout {
         let client = callout_client.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(message) = requests.next().await {
+                let started = std::time::Instant::now();
                 answering.answer(&client, message).await;
+                crate::metrics::global().observe_callout(started.elapsed());
             }
         }));
         if let Some(system) = system_client {
