@@ -448,3 +448,31 @@ fn connection_failures_name_the_url() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// docs/grafana-dashboard.json is valid JSON and every lclstream metric it
+/// queries is one the agent or the gateway exports.
+#[test]
+fn grafana_dashboard_queries_exported_metrics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let agent = lclstream_agent::metrics::Metrics::default().render();
+    let gateway = std::fs::read_to_string(root.join("gateway/src/metrics.rs")).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let name = word.strip_suffix("_bucket").unwrap_or(word);
+                if name.starts_with("lclstream_agent_") {
+                    assert!(agent.contains(name), "the agent exports no {name}");
+                    checked += 1;
+                } else if name.starts_with("lclstream_gateway_") {
+                    assert!(gateway.contains(name), "the gateway exports no {name}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} lclstream metrics queried");
+}
