@@ -156,6 +156,37 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         "expected 200 events at the partner; pull said:\n{pull_log}"
     );
     assert!(dir.join("received.h5").is_file());
+
+    // The Python partner example of docs/partners.md pulls the same run
+    // from this deployment, through the callout with the institution's seed.
+    let python_ready = Command::new("python3")
+        .args(["-c", "import nats, msgpack, lz4, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if python_ready {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/partner_pull.py");
+        let output = Command::new("python3")
+            .arg(&script)
+            .args(["--url", &format!("nats://127.0.0.1:{port}")])
+            .args(["--institution", "example-university", "--seed"])
+            .arg(dir.join("keys/example-university.nk"))
+            .args(["--subject", "lcls.mfx.mfxp1234.>", "--label", "python"])
+            .args(["--idle-timeout", "5"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "partner_pull.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let events = String::from_utf8_lossy(&output.stdout).lines().count();
+        assert_eq!(events, 200, "{}", String::from_utf8_lossy(&output.stderr));
+    } else {
+        eprintln!(
+            "python3 with nats-py, msgpack, lz4 and numpy is missing: the Python partner example \
+             is not run (pip install -r integration/python/requirements.txt)"
+        );
+    }
     let audit = std::fs::read_to_string(dir.join("log/audit.jsonl")).unwrap();
     assert!(
         audit
@@ -172,11 +203,15 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         "lclstream_gateway_decisions_total{institution=\"example-university\",action=\"request\",decision=\"allow\"}",
         "lclstream_gateway_decisions_total{institution=\"example-university\",action=\"connect\",decision=\"allow\"}",
         "lclstream_gateway_bytes_metered_today{institution=\"example-university\"}",
-        "lclstream_gateway_quota_requests_last_hour{institution=\"example-university\"} 1",
         "lclstream_gateway_connections{institution=\"example-university\"}",
     ] {
         assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
     }
+    let requests = if python_ready { 2 } else { 1 };
+    let needle = format!(
+        "lclstream_gateway_quota_requests_last_hour{{institution=\"example-university\"}} {requests}"
+    );
+    assert!(body.contains(&needle), "metrics lack {needle}:\n{body}");
     let answered: u64 = body
         .lines()
         .find_map(|l| l.strip_prefix("lclstream_gateway_callout_seconds_count "))
@@ -218,7 +253,8 @@ fn operators_guide_shows_the_same_commands(readme: &[String], dir: &Path, port: 
         .map_or(guide.len(), |e| start + e);
     let shown: Vec<String> = readme_commands(&guide[start..end])
         .into_iter()
-        .filter(|c| !c.starts_with("lclstream init"))
+        // init and the repository's Python example are not in the deployment's README.
+        .filter(|c| !c.starts_with("lclstream init") && !c.starts_with("python3"))
         .map(|c| {
             c.replace("/srv/lclstream", &dir.display().to_string())
                 .replace("127.0.0.1:4222", &format!("127.0.0.1:{port}"))
