@@ -411,10 +411,19 @@ async fn nats_server_runs_with_the_callout_on_request() {
     let mut children = Children(Vec::new());
     let stdout = child.stdout.take().unwrap();
     children.0.push(("nats server".into(), child));
+    // Keep draining its stdout: a closed pipe would end the command at its next line.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = first_tx.send(line);
+        }
+        for _ in lines {}
+    });
     let first = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
+        first_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nats server prints its URL")
     })
     .await
     .unwrap();
