@@ -247,6 +247,7 @@ impl Agent {
                 if !ensure_stream(&js, &settings, create, &subjects, &mut mode, &publish).await? {
                     return Ok(());
                 }
+                tracing::info!(stream = %settings.name, "stream ready");
                 Publisher::new(js, spool, publish, metrics, interval, replay_below)
                     .run(mode)
                     .await
@@ -375,13 +376,15 @@ impl Agent {
 /// retrying the first connection and reconnecting forever: a broker outage
 /// must pause an agent or worker, never end it.
 pub async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client, AgentError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100 * attempts as u64).min(1000))
-        });
+    let mut options = lclstream_nats::connection_events::log_events_with_url(
+        async_nats::ConnectOptions::new(),
+        &nats.url,
+        name,
+    )
+    .name(name)
+    .retry_on_initial_connect()
+    .max_reconnects(None)
+    .reconnect_delay_callback(|attempts| Duration::from_millis((100 * attempts as u64).min(1000)));
     if let Some(path) = &nats.credentials_file {
         options = options
             .credentials_file(path)

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamErrorKind, PublishAckFuture, PublishErrorKind,
+};
 use async_nats::jetstream::Context;
+use async_nats::jetstream::ErrorCode;
 use futures::stream::{FuturesOrdered, StreamExt};
 use lclstream_nats::streams::StreamSettings;
 use lclstream_nats::subjects::subject_within;
@@ -72,11 +75,25 @@ pub async fn ensure_stream(
             if create {
                 js.get_or_create_stream(settings.to_config())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| {
+                        let refusal = match e.kind() {
+                            CreateStreamErrorKind::JetStream(server) => {
+                                permanent_stream_refusal(&server, settings)
+                            }
+                            _ => None,
+                        };
+                        (e.to_string(), refusal)
+                    })
             } else {
-                js.get_stream(&settings.name)
-                    .await
-                    .map_err(|e| e.to_string())
+                js.get_stream(&settings.name).await.map_err(|e| {
+                    let refusal = match e.kind() {
+                        GetStreamErrorKind::JetStream(server) => {
+                            permanent_stream_refusal(&server, settings)
+                        }
+                        _ => None,
+                    };
+                    (e.to_string(), refusal)
+                })
             }
         };
         let result = tokio::select! {
@@ -106,7 +123,8 @@ pub async fn ensure_stream(
                 }
                 return Ok(true);
             }
-            Err(e) => {
+            Err((_, Some(refusal))) => return Err(AgentError::Nats(refusal)),
+            Err((e, None)) => {
                 tracing::warn!(stream = %settings.name, error = %e, retry_in = ?delay,
                     "cannot create or check the stream");
             }
@@ -116,6 +134,46 @@ pub async fn ensure_stream(
         }
         delay = (delay * 2).min(Duration::from_millis(retry.retry_max_ms));
     }
+}
+
+/// The message for a stream error the server will answer again however
+/// often we retry (its configuration refuses the stream), naming the setting
+/// to change; `None` for errors that can pass (no leader yet, stream not
+/// created yet by an operator, JetStream starting).
+fn permanent_stream_refusal(
+    error: &async_nats::jetstream::Error,
+    settings: &StreamSettings,
+) -> Option<String> {
+    const RETRYABLE: [ErrorCode; 7] = [
+        ErrorCode::CLUSTER_NOT_AVAILABLE,
+        ErrorCode::CLUSTER_NO_PEERS,
+        ErrorCode::CLUSTER_INCOMPLETE,
+        ErrorCode::CLUSTER_NOT_ASSIGNED,
+        ErrorCode::CLUSTER_NOT_LEADER,
+        ErrorCode::STREAM_NOT_FOUND,
+        ErrorCode(10039), // JetStream not enabled for the account (yet)
+    ];
+    let code = error.error_code();
+    if RETRYABLE.contains(&code) {
+        return None;
+    }
+    let hint = match code {
+        ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::INSUFFICIENT_RESOURCES => format!(
+            ": the stream's max_bytes ({}) does not fit in what is left of the server's \
+             JetStream storage budget (each stream reserves its max_bytes): lower \
+             [stream] max_bytes in the agent configuration, or raise jetstream \
+             max_file_store in the nats-server configuration",
+            settings.max_bytes
+        ),
+        ErrorCode::MEMORY_RESOURCES_EXCEEDED => {
+            ": raise jetstream max_memory_store in the nats-server configuration".to_string()
+        }
+        _ => String::new(),
+    };
+    Some(format!(
+        "the server refuses stream {}: {error}{hint}",
+        settings.name
+    ))
 }
 
 /// Resolves once the mode is `Abort` (or its sender is gone).

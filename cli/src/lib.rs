@@ -39,6 +39,8 @@ pub enum Command {
     /// Run, render and inspect nats-server deployments.
     #[command(subcommand)]
     Nats(commands::nats::NatsCommand),
+    /// Write a complete single-host deployment (keys, policies, server, gateway and agent configurations).
+    Init(commands::init::InitArgs),
     /// Create an nkey pair for an institution, agent or operator.
     Keygen(commands::keygen::KeygenArgs),
     /// Validate institution policy files.
@@ -81,6 +83,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Pull(args) => commands::pull::run(args).await,
             Command::Nats(cmd) => commands::nats::run(cmd).await,
+            Command::Init(args) => commands::init::run(args).await,
             Command::Keygen(args) => commands::keygen::run(args).await,
             Command::Policy(cmd) => commands::policy::run(cmd).await,
             Command::Bench(cmd) => commands::bench::run(cmd).await,

@@ -124,6 +124,11 @@ impl Audit {
     /// Appends one record. Write errors are logged, never propagated: a
     /// full disk must not turn into refused or granted requests.
     pub fn record(&self, record: AuditRecord) {
+        crate::metrics::global().record_decision(
+            record.institution.as_deref(),
+            &record.action,
+            record.decision,
+        );
         match serde_json::to_string(&record) {
             Ok(line) => self.write_line(&line),
             Err(e) => tracing::error!("cannot serialize audit record: {e}"),

@@ -125,6 +125,14 @@ pub struct QuotaConfig {
     pub state_file: Option<PathBuf>,
 }
 
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of `GET /metrics` (e.g. `127.0.0.1:9465`); none for no endpoint.
+    pub listen: Option<String>,
+}
+
 /// The whole gateway configuration (`gateway.toml`; see `gateway/gateway.example.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +159,9 @@ pub struct GatewayConfig {
     /// Publish jobs (`docs/jobs.md`).
     #[serde(default)]
     pub jobs: crate::jobs::JobsConfig,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 impl GatewayConfig {
@@ -202,6 +213,7 @@ impl GatewayConfig {
             audit: AuditConfig::default(),
             auth: None,
             jobs: crate::jobs::JobsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -224,9 +236,13 @@ pub async fn connect(
     service_seed: Option<String>,
     name: &str,
 ) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
+    let mut options = lclstream_nats::connection_events::log_events_with_url(
+        async_nats::ConnectOptions::new(),
+        &config.url,
+        name,
+    )
+    .name(name)
+    .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
     if let Some(seed) = service_seed {
         options = options.nkey(seed);
     } else if let Some(path) = &config.nkey_seed_file {
@@ -266,6 +282,16 @@ impl Gateway {
         let audit = Arc::new(Audit::open(&config.audit).context("opening the audit log")?);
         let quotas = Arc::new(QuotaBook::new(clock));
         if let Some(path) = &config.quota.state_file {
+            // Create the state file's directory now, so that a missing one is
+            // an error at start-up naming it, not a warning every metering pass.
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!(
+                        "creating {} (the directory of quota.state_file)",
+                        parent.display()
+                    )
+                })?;
+            }
             if path.exists() {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -413,6 +439,35 @@ impl Gateway {
                 }
             })
         };
+        if let Some(listen) = &config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(listen.as_str())
+                .await
+                .with_context(|| format!("binding metrics.listen {listen}"))?;
+            // Connections per institution come from the servers' CONNZ, which
+            // only the system account may ask.
+            let system = match &keys {
+                Some(keys) => Some(
+                    connect(
+                        &config.nats,
+                        Some(GatewayKeys::seed_of(&keys.system_user)),
+                        "lclstream-gateway-metrics",
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let sources = crate::metrics::ScrapeSources {
+                policies: policies.clone(),
+                quotas: quotas.clone(),
+                system,
+            };
+            tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                sources,
+                stop_tx.subscribe(),
+            ));
+        }
         tracing::info!(
             "gateway running on {} with {} institution policies",
             config.nats.url,

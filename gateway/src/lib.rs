@@ -13,9 +13,11 @@
 
 pub mod audit;
 pub mod auth;
+pub mod deploy;
 pub mod gateway;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub use lclstream_nats::protocol::naming;
 pub mod policy;
 pub mod quota;

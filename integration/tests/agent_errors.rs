@@ -178,3 +178,35 @@ fn bad_config_is_refused_by_the_command_naming_file_and_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A stream larger than the server's storage budget is refused by the server
+/// (10047) on every try: the agent stops with an error naming both settings
+/// instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_over_the_storage_budget_stops_the_agent_naming_the_settings() {
+    let server = NatsServer::start_with(|config| {
+        if let Some(js) = config.jetstream.as_mut() {
+            js.max_file = 1024 * 1024 * 1024;
+        }
+    })
+    .expect("nats-server starts");
+    let data = tempfile::tempdir().unwrap();
+    write_run(data.path(), 1, 4, 16);
+    let glob = format!("{}/*.h5", data.path().display());
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = config(&server.url(), spool.path(), &hdf5_source(&glob, "stop", ""));
+    config.stream.max_bytes = Some(4 * 1024 * 1024 * 1024);
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        Agent::new(config).run(std::future::pending()),
+    )
+    .await
+    .expect("the agent stops instead of retrying forever")
+    .expect_err("the server refuses the stream");
+    let text = err.to_string();
+    assert!(matches!(err, AgentError::Nats(_)), "{text}");
+    assert!(
+        text.contains("max_bytes") && text.contains("max_file_store") && text.contains("LCLS_MFX"),
+        "{text}"
+    );
+}

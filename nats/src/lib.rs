@@ -12,6 +12,7 @@
 //! - [`topology`]: globally distributed deployments as data (edge leaf nodes,
 //!   facility and partner clusters, stream placement): render, run, status.
 
+pub mod connection_events;
 pub mod protocol;
 pub mod server;
 pub mod streams;

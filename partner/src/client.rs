@@ -65,12 +65,14 @@ impl PartnerClient {
             Some(seed) => async_nats::ConnectOptions::with_nkey(seed.trim().to_string()),
             None => async_nats::ConnectOptions::new(),
         };
-        let client = options
-            .name(format!("lclstream-partner-{}", config.institution))
-            .custom_inbox_prefix(inbox_prefix(&config.institution))
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| PartnerError::Nats(format!("connecting to {}: {e}", config.url)))?;
+        let name = format!("lclstream-partner-{}", config.institution);
+        let client =
+            lclstream_nats::connection_events::log_events_with_url(options, &config.url, &name)
+                .name(name)
+                .custom_inbox_prefix(inbox_prefix(&config.institution))
+                .connect(config.url.as_str())
+                .await
+                .map_err(|e| PartnerError::Nats(format!("connecting to {}: {e}", config.url)))?;
         Ok(Self::from_client(client, &config.institution))
     }
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
+use lclstream_gateway::keys::GatewayKeys;
 use lclstream_nats::server::NatsServer;
 use lclstream_nats::topology::status::{collect_status, collect_status_from_urls};
 use lclstream_nats::topology::{
@@ -14,13 +16,33 @@ use lclstream_nats::topology::{
 #[derive(clap::Subcommand)]
 pub enum NatsCommand {
     /// Start a local nats-server with JetStream (loopback, temporary store) until Ctrl-C.
-    Server,
+    Server(ServerArgs),
     /// Write every nats-server config of a topology file into a directory.
     Render(RenderArgs),
     /// Run a whole topology locally on loopback, create its streams, and stop on Ctrl-C.
     Up(UpArgs),
     /// Show servers, leaf and gateway links, stream and consumer lag of a deployment.
     Status(StatusArgs),
+}
+
+/// Arguments of `lclstream nats server`.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Run with the gateway's auth callout, as production does: accounts
+    /// AUTH, LCLS, PARTNERS and SYS and the callout block for the gateway
+    /// keys in this directory (created with fresh keys when missing; give
+    /// the gateway the same directory as `[auth] keys_dir`).
+    #[arg(long)]
+    pub gateway_keys: Option<PathBuf>,
+    /// Client port (default: a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Monitoring port (default: a free one).
+    #[arg(long)]
+    pub monitor_port: Option<u16>,
+    /// JetStream `sync_interval` (`always` fsyncs each message before acknowledging it).
+    #[arg(long)]
+    pub sync_interval: Option<String>,
 }
 
 /// Arguments of `lclstream nats render`.
@@ -31,6 +53,11 @@ pub struct RenderArgs {
     /// Output directory for `<server>.conf` files and `topology.resolved.toml`.
     #[arg(long)]
     pub out: PathBuf,
+    /// The gateway's key directory (created with fresh keys when missing):
+    /// renders the auth callout (accounts, issuer, xkey, system account) into
+    /// the servers of every site the topology lists in `auth.callout_sites`.
+    #[arg(long)]
+    pub gateway_keys: Option<PathBuf>,
 }
 
 /// Arguments of `lclstream nats up`.
@@ -65,24 +92,77 @@ pub struct StatusArgs {
 /// Runs `lclstream nats`.
 pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
     match command {
-        NatsCommand::Server => {
-            let server = tokio::task::spawn_blocking(NatsServer::start_default).await??;
-            println!("nats-server running at {}", server.url());
-            println!("monitoring: http://{}", server.monitor_addr());
-            println!("store and log: {}", server.dir().display());
-            println!("press Ctrl-C to stop");
-            tokio::signal::ctrl_c().await?;
-            drop(server);
-            Ok(())
-        }
+        NatsCommand::Server(args) => server(args).await,
         NatsCommand::Render(args) => render(args),
         NatsCommand::Up(args) => up(args).await,
         NatsCommand::Status(args) => status(args).await,
     }
 }
 
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let blocks = match &args.gateway_keys {
+        Some(dir) => callout_blocks(dir)?,
+        None => Vec::new(),
+    };
+    let server = tokio::task::spawn_blocking(move || {
+        NatsServer::start_with(|config| {
+            if let Some(port) = args.port {
+                config.port = port;
+            }
+            if let Some(port) = args.monitor_port {
+                config.monitor_port = port;
+            }
+            if let Some(js) = config.jetstream.as_mut() {
+                js.sync_interval = args.sync_interval.clone();
+            }
+            config.blocks.extend(blocks.iter().cloned());
+        })
+    })
+    .await??;
+    println!("nats-server running at {}", server.url());
+    println!("monitoring: http://{}", server.monitor_addr());
+    println!("store and log: {}", server.dir().display());
+    if let Some(dir) = &args.gateway_keys {
+        println!(
+            "auth callout: run the gateway with [auth] keys_dir = {:?}",
+            dir.display().to_string()
+        );
+    }
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    drop(server);
+    Ok(())
+}
+
+/// The server blocks of the gateway's auth callout for the keys in `dir`.
+fn callout_blocks(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let keys = GatewayKeys::load_or_generate(dir, true)
+        .with_context(|| format!("gateway keys in {}", dir.display()))?;
+    Ok(callout_server_blocks(&CalloutServerSettings::from_keys(
+        &keys,
+    )))
+}
+
 fn render(args: RenderArgs) -> anyhow::Result<()> {
-    let topology = Topology::load(&args.topology)?;
+    let mut topology = Topology::load(&args.topology)?;
+    if !topology.auth.callout_sites.is_empty() {
+        let dir = args.gateway_keys.as_deref().with_context(|| {
+            format!(
+                "{} asks for the auth callout at {:?}: give --gateway-keys DIR",
+                args.topology.display(),
+                topology.auth.callout_sites
+            )
+        })?;
+        let blocks = callout_blocks(dir)?;
+        for site in topology.auth.callout_sites.clone() {
+            topology.add_blocks(Some(&site), blocks.clone());
+        }
+    } else if args.gateway_keys.is_some() {
+        anyhow::bail!(
+            "--gateway-keys given, but {} lists no auth.callout_sites",
+            args.topology.display()
+        );
+    }
     let paths = topology.render(&args.out)?;
     for path in &paths {
         println!("{}", path.display());

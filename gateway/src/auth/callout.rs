@@ -22,6 +22,7 @@ use super::revoke;
 use super::server_config::{FACILITY_ACCOUNT, PARTNER_ACCOUNT};
 use crate::keys::GatewayKeys;
 use crate::policy::{Access, Identity, PolicyChange, PolicyStore, Principal};
+use lclstream_nats::connection_events::log_events_with_url;
 use lclstream_nats::protocol::naming::GATEWAY_INBOX_PREFIX;
 
 /// Settings of the callout service.
@@ -186,18 +187,27 @@ impl AuthCallout {
         ] {
             settings.exempt_users.push(user.public_key());
         }
-        let callout =
-            async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.callout_user))
-                .name("lclstream-gateway-callout")
-                .retry_on_initial_connect()
-                .connect(url)
-                .await?;
-        let system = async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.system_user))
-            .name("lclstream-gateway-system")
-            .custom_inbox_prefix(GATEWAY_INBOX_PREFIX)
-            .retry_on_initial_connect()
-            .connect(url)
-            .await?;
+        let callout = log_events_with_url(
+            async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.callout_user)),
+            url,
+            "lclstream-gateway-callout",
+        )
+        .name("lclstream-gateway-callout")
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("callout connection to {url}: {e}"))?;
+        let system = log_events_with_url(
+            async_nats::ConnectOptions::with_nkey(GatewayKeys::seed_of(&keys.system_user)),
+            url,
+            "lclstream-gateway-system",
+        )
+        .name("lclstream-gateway-system")
+        .custom_inbox_prefix(GATEWAY_INBOX_PREFIX)
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("system connection to {url}: {e}"))?;
         Ok(Self::start(
             callout,
             Some(system),
@@ -235,7 +245,9 @@ impl AuthCallout {
         let client = callout_client.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(message) = requests.next().await {
+                let started = std::time::Instant::now();
                 answering.answer(&client, message).await;
+                crate::metrics::global().observe_callout(started.elapsed());
             }
         }));
         if let Some(system) = system_client {

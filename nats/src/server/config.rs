@@ -19,6 +19,12 @@ pub struct JetStreamConfig {
     pub max_memory: u64,
     /// Largest file storage in bytes.
     pub max_file: u64,
+    /// How often stored messages are fsynced (`jetstream { sync_interval }`):
+    /// `Some("always")` fsyncs every write before it is acknowledged, so an
+    /// acknowledged message survives a power cut of this server; `None` keeps
+    /// the server's default (every 2 minutes), where an acknowledged message
+    /// is durable only through its replicas.
+    pub sync_interval: Option<String>,
 }
 
 /// Configuration of one nats-server process.
@@ -55,6 +61,7 @@ impl ServerConfig {
                 domain: None,
                 max_memory: 256 * 1024 * 1024,
                 max_file: 16 * 1024 * 1024 * 1024,
+                sync_interval: None,
             }),
             max_payload: 8 * 1024 * 1024,
             max_pending: 64 * 1024 * 1024,
@@ -86,6 +93,9 @@ impl ServerConfig {
             let _ = writeln!(out, "  max_file_store: {}", js.max_file);
             if let Some(domain) = &js.domain {
                 let _ = writeln!(out, "  domain: {}", quote(domain));
+            }
+            if let Some(interval) = &js.sync_interval {
+                let _ = writeln!(out, "  sync_interval: {}", quote(interval));
             }
             let _ = writeln!(out, "}}");
         }

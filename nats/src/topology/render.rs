@@ -36,6 +36,9 @@ system_account: SYS
 no_auth_user: \"lclstream\"
 ";
 
+/// Default `sync_interval` of edge and facility servers: fsync before acknowledging.
+pub const FACILITY_SYNC_INTERVAL: &str = "always";
+
 impl Plan {
     /// JetStream store directory of `server` when the topology runs or is rendered into `dir`.
     pub fn store_dir(&self, server: &PlannedServer, dir: &Path) -> PathBuf {
@@ -63,6 +66,14 @@ impl Plan {
                 domain: Some(server.domain.clone()),
                 max_memory: t.max_memory_store.unwrap_or(js.max_memory),
                 max_file: t.max_file_store.unwrap_or(js.max_file),
+                sync_interval: match server.role {
+                    Role::Edge | Role::Facility => Some(
+                        t.facility_sync_interval
+                            .clone()
+                            .unwrap_or_else(|| FACILITY_SYNC_INTERVAL.to_string()),
+                    ),
+                    _ => None,
+                },
             };
         }
         let tls = t.tls.as_ref();
@@ -277,6 +288,17 @@ impl Plan {
             context: format!("creating {}", dir.display()),
             source: e,
         })?;
+        let auth = &self.topology.auth;
+        if let Some(site) = auth
+            .callout_sites
+            .iter()
+            .find(|site| auth.site_blocks.get(*site).is_none_or(|b| b.is_empty()))
+        {
+            return Err(TopologyError::Plan(format!(
+                "the topology asks for the gateway's auth callout at site {site:?} \
+                 (auth.callout_sites): render it with `lclstream nats render --gateway-keys DIR`"
+            )));
+        }
         let mut paths = Vec::new();
         for server in &self.servers {
             let path = dir.join(format!("{}.conf", server.name));

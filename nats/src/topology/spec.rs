@@ -52,6 +52,14 @@ pub struct Topology {
     /// gateway's auth callout).
     #[serde(default, skip_serializing_if = "AuthSpec::is_empty")]
     pub auth: AuthSpec,
+    /// JetStream `sync_interval` of the facility's servers (edge and
+    /// facility sites), where the agents' acknowledgements come from.
+    /// Default `always`: each message is fsynced before it is acknowledged,
+    /// so an acknowledged message survives a power cut. A duration (`2m`,
+    /// the server's own default) trades that for speed; partner sites keep
+    /// the server's default (their data can be fetched again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facility_sync_interval: Option<String>,
     /// The sites.
     pub sites: Vec<SiteSpec>,
     /// Where each instrument's stream lives.
@@ -203,6 +211,12 @@ pub struct AuthSpec {
     /// Body of the hub's `leafnodes { authorization { ... } }` block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leafnode_authorization: Option<String>,
+    /// Sites (facility or partner) whose servers carry the gateway's auth
+    /// callout: accounts, issuer, xkey and system account.
+    /// `lclstream nats render --gateway-keys DIR` renders its blocks into
+    /// them; rendering without the blocks is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callout_sites: Vec<String>,
 }
 
 impl AuthSpec {
@@ -320,6 +334,22 @@ impl Topology {
         }
         if self.sites.is_empty() {
             return Err("no [[sites]] given".into());
+        }
+        for site in &self.auth.callout_sites {
+            match self.sites.iter().find(|s| &s.name == site) {
+                None => {
+                    return Err(format!(
+                        "auth.callout_sites names {site:?}, which is not a site"
+                    ))
+                }
+                Some(s) if s.role == Role::Edge => {
+                    return Err(format!(
+                        "auth.callout_sites names {site:?}, an edge site: edges keep their own \
+                         accounts (site blocks); the callout runs at facility and partner sites"
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         let mut site_names = BTreeSet::new();
         let mut domains = BTreeSet::from([self.hub_domain.clone()]);

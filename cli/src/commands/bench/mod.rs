@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod codec;
+pub mod durability;
 pub mod latency;
 pub mod memory;
 pub mod psana;
@@ -28,6 +29,8 @@ pub enum BenchCommand {
     Scaling(scaling::ScalingBenchArgs),
     /// psana: the agent's psana source vs psana iterating the same xtc2 run in Python.
     Psana(psana::PsanaBenchArgs),
+    /// Durability: JetStream sync_interval always (fsync before ack) vs the server default.
+    Durability(durability::DurabilityBenchArgs),
     /// Memory: peak RSS of the agent (backfill, stalled broker) and gateway (request burst) vs an idle process.
     Memory(memory::MemoryBenchArgs),
 }
@@ -43,5 +46,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scaling(args) => scaling::run(args).await,
         BenchCommand::Memory(args) => memory::run(args).await,
         BenchCommand::Psana(args) => psana::run(args).await,
+        BenchCommand::Durability(args) => durability::run(args).await,
     }
 }
