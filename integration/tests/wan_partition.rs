@@ -219,7 +219,8 @@ events = {EVENTS}
                 let status = pull.wait_timeout(Duration::from_secs(40));
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 if status.is_none_or(|s| !s.success()) {
-                    failures.push(format!("run {run} ({status:?}): {}", text.trim()));
+                    let last = text.lines().last().unwrap_or("").trim().to_string();
+                    failures.push(format!("run {run} ({status:?}): {last}"));
                 }
                 if written_indices(&out).len() as u64 >= EVENTS {
                     break;

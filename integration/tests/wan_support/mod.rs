@@ -20,6 +20,7 @@
 
 #![allow(dead_code)]
 
+pub mod leaf;
 pub mod netns;
 pub mod relay;
 

@@ -8,6 +8,12 @@
 //! partitions are `iptables` rules inside the site's namespace, on its veth
 //! end, so the host's own firewall is never touched.
 //!
+//! Loss and partitions hit the site's WAN traffic only, told apart by who
+//! opened the connection (`-m conntrack --ctdir`): a site dials out across
+//! the WAN (to relays on its router address), while the test process dials
+//! into the site as the site's own LAN would (publishers, health checks,
+//! stream state), unaffected.
+//!
 //! Everything a [`Lab`] creates carries its process id and a sequence number
 //! in its name and is deleted when the lab is dropped, also when a test panics.
 
@@ -108,14 +114,22 @@ impl Site {
         run(&all)
     }
 
+    /// The match of WAN traffic: packets of connections the site opened
+    /// (sites dial out across the WAN; the test process dials in as the
+    /// site's LAN), on the site's link, in `chain`.
+    fn wan_match(&self, chain: &'static str) -> [&str; 6] {
+        match chain {
+            "OUTPUT" => ["-o", &self.inner_if, "-m", "conntrack", "--ctdir", "ORIGINAL"],
+            _ => ["-i", &self.inner_if, "-m", "conntrack", "--ctdir", "REPLY"],
+        }
+    }
+
     fn loss_rules(&self, loss: f64, op: &str) -> Result<(), String> {
         let p = format!("{loss:.6}");
-        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
-            self.iptables(&[
-                op,
-                chain,
-                dir,
-                &self.inner_if,
+        for chain in ["INPUT", "OUTPUT"] {
+            let mut args = vec![op, chain];
+            args.extend_from_slice(&self.wan_match(chain));
+            args.extend_from_slice(&[
                 "-m",
                 "statistic",
                 "--mode",
@@ -124,12 +138,27 @@ impl Site {
                 &p,
                 "-j",
                 "DROP",
-            ])?;
+            ]);
+            self.iptables(&args)?;
         }
         Ok(())
     }
 
-    /// Sets the random packet loss of the link, each direction.
+    fn partition_rules(&self, insert: bool) -> Result<(), String> {
+        for chain in ["INPUT", "OUTPUT"] {
+            let mut args = if insert {
+                vec!["-I", chain, "1"]
+            } else {
+                vec!["-D", chain]
+            };
+            args.extend_from_slice(&self.wan_match(chain));
+            args.extend_from_slice(&["-j", "DROP"]);
+            self.iptables(&args)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the random packet loss of the site's WAN traffic, each direction.
     pub fn set_loss(&self, loss: f64) -> Result<(), String> {
         let mut current = self.loss.lock().unwrap();
         if *current > 0.0 {
@@ -143,15 +172,16 @@ impl Site {
         Ok(())
     }
 
-    /// Cuts the site off the WAN silently: every packet in or out of its link
-    /// is dropped, as when a router loses the path. Open TCP connections are
-    /// not closed; they stall and retransmit until [`Site::heal`] or their timeouts.
+    /// Cuts the site off the WAN silently: every packet of the connections it
+    /// opened is dropped, as when a router loses the path. Open TCP
+    /// connections are not closed; they stall and retransmit until
+    /// [`Site::heal`] or their own timeouts. The test's connections into the
+    /// site (its LAN) keep working.
     pub fn partition(&self) -> Result<(), String> {
         if self.partitioned.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.iptables(&["-I", "INPUT", "1", "-i", &self.inner_if, "-j", "DROP"])?;
-        self.iptables(&["-I", "OUTPUT", "1", "-o", &self.inner_if, "-j", "DROP"])
+        self.partition_rules(true)
     }
 
     /// Ends a [`Site::partition`].
@@ -159,8 +189,7 @@ impl Site {
         if !self.partitioned.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        self.iptables(&["-D", "INPUT", "-i", &self.inner_if, "-j", "DROP"])?;
-        self.iptables(&["-D", "OUTPUT", "-o", &self.inner_if, "-j", "DROP"])
+        self.partition_rules(false)
     }
 }
 
@@ -209,6 +238,10 @@ impl Lab {
                     "INPUT",
                     "-i",
                     "probe0",
+                    "-m",
+                    "conntrack",
+                    "--ctdir",
+                    "REPLY",
                     "-m",
                     "statistic",
                     "--mode",
