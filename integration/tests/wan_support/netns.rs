@@ -108,6 +108,23 @@ impl Site {
         command
     }
 
+    /// Runs `f` on a thread inside the site's namespace: sockets it opens
+    /// belong to the site (and stay there when handed to another thread).
+    pub fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {path}: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| "the thread in the namespace panicked".to_string())?
+    }
+
     fn iptables(&self, args: &[&str]) -> Result<(), String> {
         let mut all = vec!["ip", "netns", "exec", &self.netns, "iptables", "-w"];
         all.extend_from_slice(args);
