@@ -29,7 +29,8 @@ use wan_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaf_link_partitioned_under_loss_loses_and_duplicates_nothing() {
-    let Some(mut lab) = lab_or_skip("leaf_link_partitioned_under_loss_loses_and_duplicates_nothing")
+    let Some(mut lab) =
+        lab_or_skip("leaf_link_partitioned_under_loss_loses_and_duplicates_nothing")
     else {
         return;
     };

@@ -74,7 +74,9 @@ async fn partner_gets_every_event_exactly_once_across_a_partition() {
         return;
     };
     let started = Instant::now();
-    let facility = lab.add_site("fac", LinkShape::clean()).expect("facility site");
+    let facility = lab
+        .add_site("fac", LinkShape::clean())
+        .expect("facility site");
     let partner_site = lab
         .add_site(
             "ptn",
@@ -100,8 +102,9 @@ async fn partner_gets_every_event_exactly_once_across_a_partition() {
     );
     config.host = facility.addr.to_string();
     config.blocks.extend(callout_server_blocks(&settings));
-    let server = NatsServer::start_launched(config, &dir.path().join("server"), facility.launcher())
-        .expect("nats-server starts in the facility namespace");
+    let server =
+        NatsServer::start_launched(config, &dir.path().join("server"), facility.launcher())
+            .expect("nats-server starts in the facility namespace");
 
     // The gateway, on the facility's side of the WAN.
     let mut policy = policy(INSTITUTION, &["lcls.mfx.mfxp1234.>"], Quotas::default());
@@ -232,7 +235,9 @@ events = {EVENTS}
     };
 
     assert!(
-        wait_until(Duration::from_secs(60), || written_indices(&out).len() >= 200).await,
+        wait_until(Duration::from_secs(60), || written_indices(&out).len()
+            >= 200)
+        .await,
         "the partner receives events across the WAN"
     );
     partition_and_heal(&partner_site, &out).await;

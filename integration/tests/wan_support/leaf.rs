@@ -45,7 +45,9 @@ pub async fn start_leaf_over_wan(
         .expect("facility site");
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../nats/topologies/test-small.toml");
     let mut topology = Topology::load(file).expect("topology loads");
-    topology.sites.retain(|s| s.name == EDGE || s.name == FACILITY);
+    topology
+        .sites
+        .retain(|s| s.name == EDGE || s.name == FACILITY);
     for stream in topology.streams.iter_mut() {
         stream.partners.clear();
     }

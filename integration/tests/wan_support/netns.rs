@@ -136,7 +136,14 @@ impl Site {
     /// site's LAN), on the site's link, in `chain`.
     fn wan_match(&self, chain: &'static str) -> [&str; 6] {
         match chain {
-            "OUTPUT" => ["-o", &self.inner_if, "-m", "conntrack", "--ctdir", "ORIGINAL"],
+            "OUTPUT" => [
+                "-o",
+                &self.inner_if,
+                "-m",
+                "conntrack",
+                "--ctdir",
+                "ORIGINAL",
+            ],
             _ => ["-i", &self.inner_if, "-m", "conntrack", "--ctdir", "REPLY"],
         }
     }
@@ -245,8 +252,8 @@ impl Lab {
                     "ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
                 ]),
                 with(&[
-                    "tc", "qdisc", "add", "dev", "probe0", "root", "tbf", "rate", "10mbit", "burst",
-                    "32kbit", "latency", "400ms",
+                    "tc", "qdisc", "add", "dev", "probe0", "root", "tbf", "rate", "10mbit",
+                    "burst", "32kbit", "latency", "400ms",
                 ]),
                 with(&[
                     "iptables",
@@ -328,11 +335,15 @@ impl Lab {
         if let Some(rate) = shape.rate_mbit {
             let rate = format!("{rate}mbit");
             // Each end shapes what it sends: one cap per direction.
-            let tbf = ["root", "tbf", "rate", &rate, "burst", "64kbit", "latency", "400ms"];
+            let tbf = [
+                "root", "tbf", "rate", &rate, "burst", "64kbit", "latency", "400ms",
+            ];
             let mut outer_args = vec!["tc", "qdisc", "add", "dev", outer];
             outer_args.extend_from_slice(&tbf);
             run(&outer_args)?;
-            let mut inner_args = vec!["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner];
+            let mut inner_args = vec![
+                "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner,
+            ];
             inner_args.extend_from_slice(&tbf);
             run(&inner_args)?;
         }
