@@ -92,9 +92,11 @@ async fn leaf_link_partitioned_under_loss_loses_and_duplicates_nothing() {
     );
 
     publisher.finish(Duration::from_secs(30)).await;
+    // Up to 90 s: a source consumer create request lost to the outage is
+    // retried by nats-server only after 30 s plus a backoff.
     wait_for(
         "the facility to catch up",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || async { facility_count().await == Some(n) },
     )
     .await;
