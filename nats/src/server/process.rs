@@ -92,6 +92,8 @@ pub fn free_port() -> Result<u16, ServerError> {
 pub struct NatsServer {
     config: ServerConfig,
     binary: PathBuf,
+    /// Command the server runs under, e.g. `ip netns exec <ns>`; empty: none.
+    launcher: Vec<String>,
     dir: PathBuf,
     child: Option<Child>,
     _temp: Option<tempfile::TempDir>,
@@ -137,11 +139,24 @@ impl NatsServer {
     ///
     /// `dir` is not removed when the server stops.
     pub fn start_in(config: ServerConfig, dir: &Path) -> Result<NatsServer, ServerError> {
+        NatsServer::start_launched(config, dir, Vec::new())
+    }
+
+    /// Like [`NatsServer::start_in`], running the server under `launcher`
+    /// (e.g. `["ip", "netns", "exec", "site-a"]` to put it in a network
+    /// namespace). The launcher must exec the server in place, so that the
+    /// process id is the server's and [`NatsServer::kill`] reaches it.
+    pub fn start_launched(
+        config: ServerConfig,
+        dir: &Path,
+        launcher: Vec<String>,
+    ) -> Result<NatsServer, ServerError> {
         let binary = find_nats_server()?;
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let mut server = NatsServer {
             config,
             binary,
+            launcher,
             dir: dir.to_path_buf(),
             child: None,
             _temp: None,
@@ -169,7 +184,15 @@ impl NatsServer {
             .open(self.log_path())
             .map_err(io_err("opening the server log"))?;
         let log_err = log.try_clone().map_err(io_err("opening the server log"))?;
-        let child = Command::new(&self.binary)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .stdin(Stdio::null())

@@ -46,20 +46,32 @@ impl RunningTopology {
 
     /// Starts every server of a resolved plan (after, e.g., [`Plan::set_leaf_remotes`]).
     pub fn start_plan(plan: Plan, dir: &Path) -> Result<RunningTopology, TopologyError> {
+        RunningTopology::start_plan_launched(plan, dir, |_| Vec::new())
+    }
+
+    /// Like [`RunningTopology::start_plan`], running each server under the
+    /// command `launcher` gives for it (e.g. `ip netns exec <ns>`, to put each
+    /// site in its own network namespace); an empty command runs it directly.
+    pub fn start_plan_launched(
+        plan: Plan,
+        dir: &Path,
+        launcher: impl Fn(&PlannedServer) -> Vec<String>,
+    ) -> Result<RunningTopology, TopologyError> {
         plan.render_into(dir)?;
         let configs: Vec<_> = plan
             .servers
             .iter()
-            .map(|s| (s.clone(), plan.server_config(s, dir)))
+            .map(|s| (s.clone(), plan.server_config(s, dir), launcher(s)))
             .collect();
         // Servers of a cluster wait for each other, so start them side by side.
         let results: Vec<Result<(PlannedServer, NatsServer), ServerError>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = configs
                     .into_iter()
-                    .map(|(planned, config)| {
+                    .map(|(planned, config, launcher)| {
                         scope.spawn(move || {
-                            NatsServer::start_in(config, dir).map(|server| (planned, server))
+                            NatsServer::start_launched(config, dir, launcher)
+                                .map(|server| (planned, server))
                         })
                     })
                     .collect();

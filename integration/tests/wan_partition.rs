@@ -1,0 +1,315 @@
+//! Exactly-once at the partner across a facility-to-partner partition, over an
+//! emulated WAN.
+//!
+//! The facility (a nats-server with the auth callout, and the agent as a
+//! process) runs in one network namespace, the partner's `lclstream pull` in
+//! another. The partner reaches the facility only across the WAN: a 20 Mbit/s
+//! `tc tbf` cap and 0.5 % random packet loss each way (`iptables` statistic
+//! match) on the partner's link, and 70 ms ± 5 ms one-way delay added by a
+//! user-space relay in the root namespace, because this kernel has no `netem`
+//! (see `wan_support/relay.rs` for what the relay does and does not emulate).
+//! The gateway runs in the test process, on the facility's side.
+//!
+//! Mid-run the partner site is partitioned (every packet of its link dropped
+//! by `iptables`, connections left to stall) for 12 s while the agent keeps
+//! publishing, then healed. The partner reruns its pull with the same label
+//! whenever it stops, as an operator's service manager would, and must end up
+//! with every event exactly once in its JSON lines file.
+//!
+//! Needs root, iproute2 and iptables; otherwise skipped with a message.
+
+mod partner_support;
+mod wan_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
+use lclstream_gateway::gateway::Gateway;
+use lclstream_gateway::keys::GatewayKeys;
+use lclstream_gateway::policy::Quotas;
+use lclstream_nats::server::{free_port, NatsServer, ServerConfig};
+use partner_support::*;
+use wan_support::*;
+
+const EVENTS: u64 = 1200;
+const INSTITUTION: &str = "ucsd";
+
+/// Event indices of a JSON lines file, with how often each appears.
+fn written_indices(path: &Path) -> BTreeMap<u64, u32> {
+    let mut counts = BTreeMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a line being written
+        };
+        if let Some(index) = value["index"].as_u64() {
+            *counts.entry(index).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits until `check` holds, polling every 200 ms, up to `timeout`.
+async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partner_gets_every_event_exactly_once_across_a_partition() {
+    let Some(mut lab) = lab_or_skip("partner_gets_every_event_exactly_once_across_a_partition")
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let facility = lab
+        .add_site("fac", LinkShape::clean())
+        .expect("facility site");
+    let partner_site = lab
+        .add_site(
+            "ptn",
+            LinkShape {
+                rate_mbit: Some(20),
+                loss: 0.005,
+            },
+        )
+        .expect("partner site");
+    let dir = tempfile::tempdir().unwrap();
+
+    // The facility broker, with the auth callout, inside the facility namespace.
+    let keys_dir = dir.path().join("keys");
+    let gateway_keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
+    let admin = nkeys::KeyPair::new_user();
+    let mut settings = CalloutServerSettings::from_keys(&gateway_keys);
+    settings.admin_users.push(admin.public_key());
+    let mut config = ServerConfig::loopback(
+        "facility",
+        free_port().unwrap(),
+        free_port().unwrap(),
+        dir.path().join("jetstream"),
+    );
+    config.host = facility.addr.to_string();
+    config.blocks.extend(callout_server_blocks(&settings));
+    let server =
+        NatsServer::start_launched(config, &dir.path().join("server"), facility.launcher())
+            .expect("nats-server starts in the facility namespace");
+
+    // The gateway, on the facility's side of the WAN.
+    let mut policy = policy(INSTITUTION, &["lcls.mfx.mfxp1234.>"], Quotas::default());
+    // Pull requests small enough that a batch is acknowledged (one round trip
+    // per message) well within ack_wait, and ack_wait short enough that
+    // messages a killed pull held come back within the test.
+    policy.quotas.pull.max_batch = 16;
+    policy.quotas.pull.ack_wait_secs = 5;
+    let partner_key = add_new_key(&mut policy);
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    write_policies(&policies, &[policy]);
+    let gateway = step(
+        "gateway",
+        Gateway::start(callout_config(&server.url(), &policies, &keys_dir)),
+    )
+    .await
+    .expect("gateway starts with the callout");
+
+    // The agent, as a process in the facility namespace.
+    let admin_seed = dir.path().join("admin.nk");
+    std::fs::write(&admin_seed, admin.seed().unwrap()).unwrap();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        format!(
+            r#"
+instrument = "mfx"
+experiment = "mfxp1234"
+[nats]
+url = "{url}"
+nkey_seed_file = "{seed}"
+[spool]
+dir = "{spool}"
+[batch]
+max_events = 16
+max_linger_ms = 50
+[[sources]]
+name = "jungfrau"
+run = 12
+[sources.synthetic]
+height = 32
+width = 32
+rate_hz = 80.0
+events = {EVENTS}
+"#,
+            url = server.url(),
+            seed = admin_seed.display(),
+            spool = dir.path().join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let binary = env!("CARGO_BIN_EXE_lclstream-e2e");
+    let mut agent = Guarded(
+        facility
+            .command(binary)
+            .args(["agent", "--config"])
+            .arg(&agent_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
+            .spawn()
+            .expect("agent starts"),
+    );
+
+    // The WAN: the partner reaches the facility's client port only through the relay.
+    let target = SocketAddr::new(facility.addr.into(), server.port());
+    let relay = DelayRelay::start(
+        partner_site.router.into(),
+        target,
+        Delay::transcontinental(),
+    )
+    .await
+    .expect("relay listens");
+
+    // The partner: `lclstream pull` in its namespace, rerun whenever it stops.
+    let seed_file = dir.path().join("ucsd.nk");
+    std::fs::write(&seed_file, partner_key.seed().unwrap()).unwrap();
+    let out = dir.path().join("events.jsonl");
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU64::new(0));
+    let puller = {
+        let (site, url, out, stop, runs, logs) = (
+            partner_site.clone(),
+            relay.url("nats"),
+            out.clone(),
+            stop.clone(),
+            runs.clone(),
+            dir.path().to_path_buf(),
+        );
+        let seed_file = seed_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(100);
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let run = runs.fetch_add(1, Ordering::SeqCst);
+                let log = logs.join(format!("pull-{run}.log"));
+                let mut pull = Guarded(
+                    site.command(binary)
+                        .args(["pull", "--url", &url, "--institution", INSTITUTION])
+                        .arg("--seed")
+                        .arg(&seed_file)
+                        .args(["--subject", "lcls.mfx.mfxp1234.>", "--label", "wan"])
+                        .args(["--idle-timeout", "6"])
+                        .arg("--jsonl")
+                        .arg(&out)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(&log).unwrap())
+                        .spawn()
+                        .expect("pull starts"),
+                );
+                // Bounded: a pull stalled by the partition is killed, as a
+                // service manager's watchdog would.
+                let status = pull.wait_timeout(Duration::from_secs(40));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if status.is_none_or(|s| !s.success()) {
+                    let last = text
+                        .lines()
+                        .rfind(|l| l.starts_with("error"))
+                        .or(text.lines().last())
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    failures.push(format!("run {run} ({status:?}): {last}"));
+                }
+                if written_indices(&out).len() as u64 >= EVENTS {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            failures
+        })
+    };
+
+    assert!(
+        wait_until(Duration::from_secs(60), || written_indices(&out).len()
+            >= 200)
+        .await,
+        "the partner receives events across the WAN"
+    );
+    partition_and_heal(&partner_site, &out).await;
+
+    let agent_status = tokio::task::block_in_place(|| agent.wait_timeout(Duration::from_secs(60)));
+    assert!(
+        agent_status.is_some_and(|s| s.success()),
+        "the agent finishes its run ({agent_status:?}): {}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    let complete = wait_until(Duration::from_secs(70), || {
+        written_indices(&out).len() as u64 >= EVENTS
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let failures = tokio::time::timeout(Duration::from_secs(60), puller)
+        .await
+        .expect("the pull loop ends")
+        .unwrap();
+    let counts = written_indices(&out);
+    assert!(
+        complete,
+        "{} of {EVENTS} events reached the partner; pull runs that failed: {failures:#?}",
+        counts.len()
+    );
+    let missing: Vec<u64> = (0..EVENTS).filter(|i| !counts.contains_key(i)).collect();
+    let repeated: Vec<(&u64, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let outside: Vec<&u64> = counts.keys().filter(|i| **i >= EVENTS).collect();
+    assert!(missing.is_empty(), "events missing: {missing:?}");
+    assert!(repeated.is_empty(), "events written twice: {repeated:?}");
+    assert!(outside.is_empty(), "unexpected events: {outside:?}");
+    // A pull cannot outlast the partition (its acks or its idle timeout end
+    // it), so the dataset was completed by a later run resuming the consumer.
+    assert!(
+        runs.load(Ordering::SeqCst) >= 2,
+        "the partition interrupted the pull"
+    );
+    let (up, down) = relay.forwarded();
+    eprintln!(
+        "WAN partition: {EVENTS} events exactly once after {} pull runs ({} ended in an error), \
+         {up} bytes up and {down} down through the relay, {:.1} s",
+        runs.load(Ordering::SeqCst),
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for failure in &failures {
+        eprintln!("pull {failure}");
+    }
+    gateway.shutdown().await;
+}
+
+/// Partitions the partner's link for 12 s and checks that nothing arrives meanwhile.
+async fn partition_and_heal(partner: &Site, out: &Path) {
+    partner.partition().expect("partition");
+    // What was already in flight past the partition lands within a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = written_indices(out).len();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = written_indices(out).len();
+    partner.heal().expect("heal");
+    assert_eq!(
+        during, before,
+        "nothing crosses the partitioned link ({before} -> {during} events)"
+    );
+    assert!(
+        (before as u64) < EVENTS,
+        "the partition happened before the partner had everything"
+    );
+}
