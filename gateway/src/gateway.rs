@@ -25,9 +25,9 @@ use crate::keys::GatewayKeys;
 use crate::policy::{PolicySet, PolicyStore, WatcherHandle};
 use crate::quota::{Clock, QuotaBook, SystemClock};
 use crate::service::meter::{Meter, MeterConfig, TickReport};
-use crate::shared_state::SharedState;
 use crate::service::notices::Notifier;
 use crate::service::{PolicyMap, ServiceContext, ServiceHandle, SharedPolicies};
+use crate::shared_state::SharedState;
 use lclstream_nats::protocol::naming::{
     partner_api_prefix, FACILITY_API_PREFIX, GATEWAY_INBOX_PREFIX,
 };

@@ -84,10 +84,12 @@ async fn write_if(
     revision: u64,
 ) -> Result<Option<u64>, String> {
     let written = if revision == 0 {
-        store
-            .create(key, value)
-            .await
-            .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string()))
+        store.create(key, value).await.map_err(|e| {
+            (
+                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                e.to_string(),
+            )
+        })
     } else {
         store.update(key, value, revision).await.map_err(|e| {
             let stale = e.kind() == kv::UpdateErrorKind::WrongLastRevision
@@ -302,7 +304,8 @@ impl SharedState {
                     until_ms: now_ms + LOCK_LEASE.as_millis() as i64,
                 };
                 let encoded = serde_json::to_vec(&mine).map_err(|e| e.to_string())?;
-                if let Some(revision) = write_if(&self.state, &key, encoded.into(), revision).await?
+                if let Some(revision) =
+                    write_if(&self.state, &key, encoded.into(), revision).await?
                 {
                     return Ok(DecisionLock {
                         state: self.state.clone(),
@@ -347,7 +350,10 @@ impl SharedState {
                     .await;
             }
         }
-        let _ = self.live.delete(format!("gateway.{}", self.gateway_id)).await;
+        let _ = self
+            .live
+            .delete(format!("gateway.{}", self.gateway_id))
+            .await;
     }
 
     /// Writes this gateway's heartbeat.

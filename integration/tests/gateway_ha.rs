@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
 use lclstream_gateway::keys::GatewayKeys;
-use lclstream_gateway::policy::{InstitutionPolicy, Quotas};
+use lclstream_gateway::policy::InstitutionPolicy;
 use lclstream_gateway::shared_state::{gateways, STATE_BUCKET};
 use lclstream_nats::server::NatsServer;
 use lclstream_partner::{DatasetRequest, PartnerError, Start};
@@ -243,9 +243,7 @@ async fn killing_the_metering_gateway_loses_no_answer_and_no_quota() {
         slowest = slowest.max(took);
         outcomes.push(outcome);
     }
-    eprintln!(
-        "slowest connect+request after the kill: {slowest:?}; outcomes: {outcomes:?}"
-    );
+    eprintln!("slowest connect+request after the kill: {slowest:?}; outcomes: {outcomes:?}");
 
     // No quota exceeded: at most 4 consumers, at most 6 counted requests,
     // and never a consumer without its counted request. A request the killed
@@ -372,7 +370,9 @@ async fn parallel_requests_across_gateways_never_exceed_the_quota() {
         attempts += 1;
         assert!(attempts <= 200, "not every gateway refused the revoked key");
         assert!(
-            connect_with_key(&d.server.url(), "ucsd", &key).await.is_err(),
+            connect_with_key(&d.server.url(), "ucsd", &key)
+                .await
+                .is_err(),
             "a revoked key connected"
         );
     }
@@ -440,7 +440,10 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
     assert!(!contender.is_finished(), "a held lock was taken");
     let released = Instant::now();
     drop(held);
-    let taken = step("contender", contender).await.unwrap().expect("lock taken");
+    let taken = step("contender", contender)
+        .await
+        .unwrap()
+        .expect("lock taken");
     assert!(taken >= released);
 
     // One meter; when it stops renewing, another takes over after the lease.
@@ -454,6 +457,9 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("meter lease (1 s) taken over after {:?}", stopped.elapsed());
-    assert!(!states[0].lead().await.unwrap(), "the old meter stands down");
+    assert!(
+        !states[0].lead().await.unwrap(),
+        "the old meter stands down"
+    );
     assert!(!states[2].lead().await.unwrap());
 }

@@ -24,9 +24,9 @@ use lclstream_nats::protocol::naming::{
 use lclstream_nats::subjects::{stream_name, stream_subjects, GATEWAY_PREFIX};
 use serde::{Deserialize, Serialize};
 
-use crate::shared_state::{LIVE_BUCKET, STATE_BUCKET};
 use crate::naming::{consumer_slot_name, inbox_prefix, request_permission};
 use crate::policy::{Access, Identity};
+use crate::shared_state::{LIVE_BUCKET, STATE_BUCKET};
 
 /// Allow and deny lists of subjects (nats-io/jwt `Permission`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -695,7 +695,12 @@ impl JobsService {
             delta
         };
         if delta > 0 {
-            if let Err(e) = self.ctx.quotas.meter_bytes(&record.institution, delta).await {
+            if let Err(e) = self
+                .ctx
+                .quotas
+                .meter_bytes(&record.institution, delta)
+                .await
+            {
                 tracing::warn!("bytes of job {} not counted: {e}", record.job);
             }
         }

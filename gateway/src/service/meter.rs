@@ -396,7 +396,8 @@ impl Meter {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         for (key, &seq) in saved {
             let mut parts = key.rsplitn(3, '/');
-            let (Some(created), Some(name), Some(stream)) = (parts.next(), parts.next(), parts.next())
+            let (Some(created), Some(name), Some(stream)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };

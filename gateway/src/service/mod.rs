@@ -259,12 +259,13 @@ impl ServiceContext {
             locks.entry(institution.to_string()).or_default().clone()
         };
         let local = lock.lock_owned().await;
-        let shared = match self.shared.get() {
-            Some(shared) => Some(shared.lock(institution).await.map_err(|e| {
-                ErrorBody::new(ErrorCode::Internal, format!("gateway busy: {e}"))
-            })?),
-            None => None,
-        };
+        let shared =
+            match self.shared.get() {
+                Some(shared) => Some(shared.lock(institution).await.map_err(|e| {
+                    ErrorBody::new(ErrorCode::Internal, format!("gateway busy: {e}"))
+                })?),
+                None => None,
+            };
         self.quotas.refresh(institution).await.map_err(internal)?;
         Ok(DecisionGuard {
             _shared: shared,
@@ -367,12 +368,15 @@ impl ServiceContext {
                 .get_stream_no_info(&stream)
                 .await
                 .map_err(internal)?;
-            handle.create_consumer_strict(config).await.map_err(|e| match e.kind() {
-                ConsumerCreateStrictErrorKind::JetStream(j) if j.code() == 404 => bad(format!(
-                    "stream {stream} does not exist yet; no data has been published to it"
-                )),
-                _ => internal(e),
-            })
+            handle
+                .create_consumer_strict(config)
+                .await
+                .map_err(|e| match e.kind() {
+                    ConsumerCreateStrictErrorKind::JetStream(j) if j.code() == 404 => bad(format!(
+                        "stream {stream} does not exist yet; no data has been published to it"
+                    )),
+                    _ => internal(e),
+                })
         }
         .await;
         let created = match created {
