@@ -27,6 +27,7 @@ use crate::quota::{Clock, QuotaBook, SystemClock};
 use crate::service::meter::{Meter, MeterConfig, TickReport};
 use crate::service::notices::Notifier;
 use crate::service::{PolicyMap, ServiceContext, ServiceHandle, SharedPolicies};
+use crate::shared_state::SharedState;
 use lclstream_nats::protocol::naming::{
     partner_api_prefix, FACILITY_API_PREFIX, GATEWAY_INBOX_PREFIX,
 };
@@ -123,6 +124,14 @@ pub struct QuotaConfig {
     /// File where the counters are saved after each metering pass and read at
     /// start-up, so that a restart does not reset the day's usage; none to keep them in memory.
     pub state_file: Option<PathBuf>,
+    /// Keep counters, decision locks and the meter's leadership in JetStream
+    /// key-value buckets shared by all gateways of the facility (required
+    /// to run more than one; see docs/operators.md "Several gateways").
+    pub shared: bool,
+    /// Replicas of the shared buckets (like the facility streams: 1 on one server, 3 in a cluster).
+    pub replicas: usize,
+    /// This gateway's name in heartbeats and the meter leadership; default host and process id.
+    pub gateway_id: Option<String>,
 }
 
 /// The Prometheus endpoint.
@@ -352,6 +361,26 @@ impl Gateway {
                 return Err(e);
             }
         };
+        let shared = if config.quota.shared {
+            let id = config
+                .quota
+                .gateway_id
+                .clone()
+                .unwrap_or_else(crate::shared_state::default_gateway_id);
+            let lease = meter_lease(&config.meter);
+            let shared = SharedState::open(
+                &async_nats::jetstream::new(client.clone()),
+                id,
+                config.quota.replicas,
+                lease,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the shared gateway state: {e}"))?;
+            quotas.attach_shared(shared.usage());
+            Some(shared)
+        } else {
+            None
+        };
         let notifier = Arc::new(Notifier::new(
             front.clone(),
             keys.as_ref()
@@ -399,6 +428,9 @@ impl Gateway {
             audit.clone(),
             meter.clone(),
         ));
+        if let Some(shared) = &shared {
+            context.attach_shared(shared.clone());
+        }
         let service = context
             .clone()
             .start(&config.service.queue_group)
@@ -418,20 +450,34 @@ impl Gateway {
             None
         };
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let metering = Arc::new(std::sync::atomic::AtomicBool::new(shared.is_none()));
         let meter_task = {
             let meter = meter.clone();
             let quotas = quotas.clone();
             let state_file = config.quota.state_file.clone();
+            let shared = shared.clone();
+            let metering = metering.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(meter.interval());
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let started = time::OffsetDateTime::now_utc();
                 loop {
                     tokio::select! {
                         _ = interval.tick() => {}
                         _ = stop_rx.changed() => break,
                     }
+                    if let Some(shared) = &shared {
+                        if !lead_or_follow(shared, &meter, &metering, started).await {
+                            continue;
+                        }
+                    }
                     if let Err(e) = meter.tick().await {
                         tracing::warn!("metering pass failed: {e}");
+                    }
+                    if let Some(shared) = &shared {
+                        if let Err(e) = shared.save_positions(&meter.positions()).await {
+                            tracing::warn!("{e}");
+                        }
                     }
                     if let Some(path) = &state_file {
                         save_state(path, &quotas);
@@ -489,11 +535,55 @@ impl Gateway {
             jobs,
             meter_task: Some(meter_task),
             stop_tx,
+            shared,
+            metering,
         })
     }
 }
 
 /// Feeds the callout's decisions into the audit log.
+/// How long the meter's leadership lasts without renewal: three meter
+/// intervals, at least one second. A metering gateway that dies is replaced
+/// within this lease plus one meter interval.
+pub fn meter_lease(meter: &MeterConfig) -> Duration {
+    (Duration::from_millis(meter.interval_ms.max(50)) * 3).max(Duration::from_secs(1))
+}
+
+/// One round of the meter election: takes over (continuing from the saved
+/// positions) or renews, writes the heartbeat; true when this gateway meters.
+async fn lead_or_follow(
+    shared: &SharedState,
+    meter: &Meter,
+    metering: &std::sync::atomic::AtomicBool,
+    started: time::OffsetDateTime,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let leading = match shared.lead().await {
+        Ok(leading) => leading,
+        Err(e) => {
+            tracing::warn!("meter election: {e}");
+            false
+        }
+    };
+    let was = metering.swap(leading, Ordering::SeqCst);
+    if leading && !was {
+        tracing::info!(gateway = shared.gateway_id(), "this gateway meters now");
+        match shared.load_positions().await {
+            Ok(saved) => meter.restore_positions(&saved),
+            Err(e) => tracing::warn!("cannot read the previous meter's positions: {e}"),
+        }
+    } else if !leading && was {
+        tracing::info!(gateway = shared.gateway_id(), "another gateway meters now");
+    }
+    if !leading {
+        meter.ensure_indexers();
+    }
+    if let Err(e) = shared.beat(started, leading).await {
+        tracing::warn!("{e}");
+    }
+    leading
+}
+
 fn audit_sink(audit: Arc<Audit>) -> AuthDecisionSink {
     Arc::new(move |d: AuthDecision| {
         let action = match d.action {
@@ -548,6 +638,8 @@ pub struct GatewayHandle {
     service: Option<ServiceHandle>,
     jobs: Option<crate::jobs::JobsHandle>,
     meter_task: Option<tokio::task::JoinHandle<()>>,
+    shared: Option<SharedState>,
+    metering: Arc<std::sync::atomic::AtomicBool>,
     stop_tx: tokio::sync::watch::Sender<bool>,
 }
 
@@ -575,6 +667,16 @@ impl GatewayHandle {
     /// The request handlers (to call them without NATS).
     pub fn service(&self) -> Arc<ServiceContext> {
         self.context.clone()
+    }
+
+    /// The state shared with other gateways (None without `quota.shared`).
+    pub fn shared(&self) -> Option<&SharedState> {
+        self.shared.as_ref()
+    }
+
+    /// Whether this gateway runs the facility's byte meter.
+    pub fn is_metering(&self) -> bool {
+        self.metering.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Runs one metering and enforcement pass now.
@@ -614,6 +716,10 @@ impl GatewayHandle {
         self.meter.stop();
         if let Some(service) = self.service.take() {
             service.stop().await;
+        }
+        if let Some(shared) = &self.shared {
+            // Another gateway meters from its next pass instead of after the lease.
+            shared.resign().await;
         }
         if let Some(jobs) = self.jobs.take() {
             jobs.stop().await;

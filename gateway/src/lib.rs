@@ -9,6 +9,8 @@
 //! - [`auth`]: the nats-server auth callout (who may connect, with which permissions).
 //! - [`keys`]: nkey files (institution, agent, operator and gateway keys).
 //! - [`jobs`]: publish jobs (runs streamed from facility storage on request).
+//! - [`shared_state`]: quota counters, locks and meter leadership shared
+//!   by several gateways through JetStream key-value buckets.
 //! - [`gateway`]: configuration and the runner that starts everything.
 
 pub mod audit;
@@ -22,3 +24,4 @@ pub use lclstream_nats::protocol::naming;
 pub mod policy;
 pub mod quota;
 pub mod service;
+pub mod shared_state;

@@ -80,7 +80,7 @@ pub struct QuotaExceeded {
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Usage {
+pub(crate) struct Usage {
     /// Instants of counted requests within the last hour, oldest first.
     requests: VecDeque<OffsetDateTime>,
     /// The UTC day `bytes` belongs to.
@@ -91,11 +91,38 @@ struct Usage {
     notified: bool,
 }
 
+impl Usage {
+    /// Rolls both windows forward to `now` before anyone looks at them.
+    fn roll(&mut self, now: OffsetDateTime) {
+        while let Some(&oldest) = self.requests.front() {
+            if now - oldest >= REQUEST_WINDOW {
+                self.requests.pop_front();
+            } else {
+                break;
+            }
+        }
+        let today = now.to_offset(time::UtcOffset::UTC).date();
+        if self.day != Some(today) {
+            self.day = Some(today);
+            self.bytes = 0;
+            self.notified = false;
+        }
+    }
+}
+
 /// Per-institution counters shared by the request service and the meter.
+///
+/// With a [`SharedUsage`] store attached (several gateways), the counters
+/// that matter live in a JetStream key-value bucket and every change is a
+/// compare-and-set there; the in-memory map is then a cache refreshed
+/// before each decision.
 pub struct QuotaBook {
     clock: Arc<dyn Clock>,
     usage: Mutex<HashMap<String, Usage>>,
+    shared: std::sync::OnceLock<SharedUsage>,
 }
+
+pub use crate::shared_state::SharedUsage;
 
 /// A snapshot of one institution's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +145,7 @@ impl QuotaBook {
         QuotaBook {
             clock,
             usage: Mutex::new(HashMap::new()),
+            shared: std::sync::OnceLock::new(),
         }
     }
 
@@ -139,21 +167,87 @@ impl QuotaBook {
         let now = self.clock.now();
         let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         let usage = all.entry(institution.to_string()).or_default();
-        // Roll both windows forward before anyone looks at them.
-        while let Some(&oldest) = usage.requests.front() {
-            if now - oldest >= REQUEST_WINDOW {
-                usage.requests.pop_front();
-            } else {
-                break;
-            }
-        }
-        let today = now.to_offset(time::UtcOffset::UTC).date();
-        if usage.day != Some(today) {
-            usage.day = Some(today);
-            usage.bytes = 0;
-            usage.notified = false;
-        }
+        usage.roll(now);
         f(usage, now)
+    }
+
+    /// Keeps the counters in `shared` from now on (several gateways).
+    pub fn attach_shared(&self, shared: SharedUsage) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Whether the counters live in a shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.get().is_some()
+    }
+
+    /// Reloads `institution`'s counters from the shared store (no-op without one).
+    pub async fn refresh(&self, institution: &str) -> Result<(), String> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(());
+        };
+        let usage = shared.read(institution).await?;
+        self.cache(institution, usage);
+        Ok(())
+    }
+
+    fn cache(&self, institution: &str, usage: Usage) {
+        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(institution.to_string(), usage);
+    }
+
+    /// Applies `change` to `institution`'s counters: in the shared store by
+    /// compare-and-set when there is one (so that two gateways never both
+    /// count from the same old value), else in memory.
+    async fn change<T>(
+        &self,
+        institution: &str,
+        change: impl Fn(&mut Usage, OffsetDateTime) -> T,
+    ) -> Result<T, String> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(self.with_usage(institution, change));
+        };
+        let (usage, out) = shared
+            .change(institution, |usage| {
+                let now = self.clock.now();
+                usage.roll(now);
+                change(usage, now)
+            })
+            .await?;
+        self.cache(institution, usage);
+        Ok(out)
+    }
+
+    /// Counts one request now, in the shared store if any.
+    pub async fn count_request(&self, institution: &str) -> Result<(), String> {
+        self.change(institution, |usage, now| usage.requests.push_back(now))
+            .await
+    }
+
+    /// Takes back the newest counted request (its consumer could not be created).
+    pub async fn uncount_request(&self, institution: &str) -> Result<(), String> {
+        self.change(institution, |usage, _| {
+            usage.requests.pop_back();
+        })
+        .await
+    }
+
+    /// Adds delivered bytes, in the shared store if any; returns the new total.
+    pub async fn meter_bytes(&self, institution: &str, bytes: u64) -> Result<u64, String> {
+        self.change(institution, |usage, _| {
+            usage.bytes = usage.bytes.saturating_add(bytes);
+            usage.bytes
+        })
+        .await
+    }
+
+    /// Marks today's exhaustion as notified, in the shared store if any;
+    /// true the first time per day across all gateways.
+    pub async fn claim_exhaustion_notice(&self, institution: &str) -> Result<bool, String> {
+        self.change(institution, |usage, _| {
+            !std::mem::replace(&mut usage.notified, true)
+        })
+        .await
     }
 
     /// Checks that one more request fits in the rolling hour.

@@ -23,12 +23,14 @@ use lclstream_gateway::auth::permissions::{
 use lclstream_nats::protocol::naming::parse_consumer_slot;
 
 const INSTITUTIONS: [&str; 5] = ["ucsd", "desy", "a", "a-c1", "ucsd-c0"];
-const STREAMS: [&str; 7] = [
+const STREAMS: [&str; 9] = [
     "LCLS_MFX",
     "LCLS_CXI",
     "LCLS_JOBS",
     "LCLS_JOBS_DATA",
     "KV_lclstream-jobs",
+    "KV_lclstream-gateway-state",
+    "KV_lclstream-gateway-live",
     "LCLS_MFX_UCSD",
     "OTHER",
 ];
@@ -191,6 +193,10 @@ fn generated_subjects() -> Vec<String> {
         out.push(format!("lclstream.jobs.data.{name}.x"));
         out.push(format!("lclstream.jobs.status.{name}"));
         out.push(format!("$KV.lclstream-jobs.{name}.j1"));
+        // The gateways' shared quota counters, locks and meter leadership.
+        out.push(format!("$KV.lclstream-gateway-state.usage.{name}"));
+        out.push(format!("$KV.lclstream-gateway-state.lock.{name}"));
+        out.push(format!("$KV.lclstream-gateway-live.gateway.{name}"));
         out.push(format!("$KV.other.{name}"));
         out.push(format!("$SYS.REQ.SERVER.{name}.KICK"));
         out.push(format!("$SYS.REQ.SERVER.{name}.CONNZ"));
@@ -349,8 +355,24 @@ fn inbox_of_key_owns(key: &str, subject: &str) -> bool {
 /// deletion, or another bucket.
 fn service_owns_publish(subject: &str) -> bool {
     let t = tokens(subject);
-    let job_stores = ["LCLS_JOBS", "LCLS_JOBS_DATA", "KV_lclstream-jobs"];
+    let job_stores = [
+        "LCLS_JOBS",
+        "LCLS_JOBS_DATA",
+        "KV_lclstream-jobs",
+        "KV_lclstream-gateway-state",
+        "KV_lclstream-gateway-live",
+    ];
+    let gateway_buckets = ["lclstream-gateway-state", "lclstream-gateway-live"];
     match t.as_slice() {
+        ["$KV", bucket, _, ..] if gateway_buckets.contains(bucket) => true,
+        ["$JS", "API", "STREAM", "MSG", "GET", stream]
+        | ["$JS", "API", "DIRECT", "GET", stream, ..]
+            if stream
+                .strip_prefix("KV_")
+                .is_some_and(|b| gateway_buckets.contains(&b)) =>
+        {
+            true
+        }
         ["$JS", "API", "INFO"] | ["$JS", "API", "STREAM", "NAMES" | "LIST"] => true,
         ["$JS", "API", "STREAM", "INFO", _] => true,
         ["$JS", "API", "STREAM", "CREATE" | "UPDATE", stream] => job_stores.contains(stream),
@@ -481,6 +503,12 @@ fn roles() -> Vec<Role> {
                 "$JS.API.STREAM.PURGE.LCLS_JOBS_DATA".into(),
                 "$KV.lclstream-jobs.ucsd.j1".into(),
                 "lclstream.jobs.queue.mfx".into(),
+                "$KV.lclstream-gateway-state.usage.ucsd".into(),
+                "$KV.lclstream-gateway-state.lock.ucsd".into(),
+                "$KV.lclstream-gateway-live.meter.leader".into(),
+                "$JS.API.DIRECT.GET.KV_lclstream-gateway-state.$KV.lclstream-gateway-state.usage.ucsd"
+                    .into(),
+                "$JS.API.STREAM.CREATE.KV_lclstream-gateway-live".into(),
             ],
             must_subscribe: vec![
                 "_INBOX_GATEWAY.x.*".into(),

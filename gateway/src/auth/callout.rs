@@ -230,7 +230,10 @@ impl AuthCallout {
         settings: CalloutSettings,
         sink: AuthDecisionSink,
     ) -> Result<AuthCallout, async_nats::SubscribeError> {
-        let mut requests = callout_client.subscribe(CALLOUT_SUBJECT).await?;
+        // A queue group: with several gateways, each request is answered once.
+        let mut requests = callout_client
+            .queue_subscribe(CALLOUT_SUBJECT, CALLOUT_QUEUE_GROUP.to_string())
+            .await?;
         // Make sure the server has the subscription before anyone relies on it.
         let _ = callout_client.flush().await;
         let mut changes = store.subscribe();
@@ -285,6 +288,9 @@ impl AuthCallout {
         let _ = self.callout_client.flush().await;
     }
 }
+
+/// Queue group of the callout responders of all gateways of a facility.
+pub const CALLOUT_QUEUE_GROUP: &str = "lclstream-gateway-auth";
 
 impl Drop for AuthCallout {
     fn drop(&mut self) {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming::{consumer_slot_name, inbox_prefix, request_permission};
 use crate::policy::{Access, Identity};
+use crate::shared_state::{LIVE_BUCKET, STATE_BUCKET};
 
 /// Allow and deny lists of subjects (nats-io/jwt `Permission`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,11 +191,16 @@ fn stream_management(stream: &str) -> [String; 3] {
 
 /// Read and write job records (the key-value bucket).
 fn records_access() -> [String; 3] {
+    bucket_access(RECORDS_BUCKET)
+}
+
+/// Read and write the keys of a key-value bucket.
+fn bucket_access(bucket: &str) -> [String; 3] {
     let api = FACILITY_API_PREFIX;
     [
-        format!("$KV.{RECORDS_BUCKET}.>"),
-        format!("{api}.DIRECT.GET.KV_{RECORDS_BUCKET}.>"),
-        format!("{api}.STREAM.MSG.GET.KV_{RECORDS_BUCKET}"),
+        format!("$KV.{bucket}.>"),
+        format!("{api}.DIRECT.GET.KV_{bucket}.>"),
+        format!("{api}.STREAM.MSG.GET.KV_{bucket}"),
     ]
 }
 
@@ -254,6 +260,11 @@ pub fn gateway_service_permissions() -> Permissions {
         publish.extend(stream_management(stream));
     }
     publish.extend(records_access());
+    // The state shared by several gateways (quota counters, locks, meter leadership).
+    for bucket in [STATE_BUCKET, LIVE_BUCKET] {
+        publish.extend(stream_management(&format!("KV_{bucket}")));
+        publish.extend(bucket_access(bucket));
+    }
     Permissions::new(
         publish,
         vec![

@@ -310,7 +310,7 @@ impl JobsService {
             .collect();
         resolve_stream(policy, &filters, quotas.now())?;
         let records = self.records().await?;
-        let _guard = self.ctx.lock(id).await;
+        let _guard = self.ctx.lock(id).await?;
         quotas
             .check_bytes(id, policy.quotas.bytes_per_day)
             .map_err(|e| {
@@ -424,7 +424,9 @@ impl JobsService {
             let _ = records.delete(record_key(id, &job)).await;
             return Err(internal(format!("queueing job {job}: {e}")));
         }
-        quotas.record_request(id);
+        if let Err(e) = quotas.count_request(id).await {
+            tracing::error!("job {job} was queued but not counted: {e}");
+        }
         self.ctx.meter.register(&info);
         self.charged
             .lock()
@@ -570,7 +572,7 @@ impl JobsService {
             Updated::Stored(r) | Updated::Unchanged(r) => r,
             Updated::Missing => return Err(bad(format!("no job {job:?} of yours is on record"))),
         };
-        let _guard = self.ctx.lock(&policy.id).await;
+        let _guard = self.ctx.lock(&policy.id).await?;
         if self.job_consumer(&record).await.is_some() {
             let stream = self
                 .ctx
@@ -693,7 +695,14 @@ impl JobsService {
             delta
         };
         if delta > 0 {
-            self.ctx.quotas.add_bytes(&record.institution, delta);
+            if let Err(e) = self
+                .ctx
+                .quotas
+                .meter_bytes(&record.institution, delta)
+                .await
+            {
+                tracing::warn!("bytes of job {} not counted: {e}", record.job);
+            }
         }
         if record.state == JobState::Cancelled {
             // The worker may have published a last batch after the cancel purged the subject.

@@ -231,8 +231,9 @@ impl Meter {
         indexes.get(stream).map(SizeIndex::high).unwrap_or(0)
     }
 
-    /// Makes sure each granted stream has a running indexer.
-    fn ensure_indexers(&self) {
+    /// Makes sure each granted stream has a running indexer (gateways that
+    /// do not meter keep theirs warm, to take over without a gap).
+    pub fn ensure_indexers(&self) {
         let streams: HashSet<String> = {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             policies
@@ -269,7 +270,14 @@ impl Meter {
         self.ensure_indexers();
         let mut report = TickReport::default();
         let by_owner = group_by_owner(list_all(&self.js).await?);
-        self.meter(&by_owner, &mut report);
+        for (institution, added) in self.meter(&by_owner) {
+            match self.quotas.meter_bytes(&institution, added).await {
+                Ok(_) => {
+                    report.metered.insert(institution, added);
+                }
+                Err(e) => tracing::warn!("{added} bytes of {institution} not counted: {e}"),
+            }
+        }
         let by_owner = self.enforce_grants(by_owner, &mut report).await;
         self.enforce(&by_owner, &mut report).await;
         Ok(report)
@@ -342,7 +350,9 @@ impl Meter {
         kept
     }
 
-    fn meter(&self, by_owner: &HashMap<String, Vec<consumer::Info>>, report: &mut TickReport) {
+    /// Bytes delivered per institution since the last pass.
+    fn meter(&self, by_owner: &HashMap<String, Vec<consumer::Info>>) -> Vec<(String, u64)> {
+        let mut metered = Vec::new();
         let indexes = self.indexes.lock().unwrap_or_else(|p| p.into_inner());
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = HashSet::new();
@@ -364,11 +374,38 @@ impl Meter {
                 }
             }
             if added > 0 {
-                self.quotas.add_bytes(institution, added);
-                report.metered.insert(institution.clone(), added);
+                metered.push((institution.clone(), added));
             }
         }
         positions.retain(|k, _| live.contains(k));
+        metered
+    }
+
+    /// The metered position of every consumer, keyed `stream/consumer/created-ns`
+    /// (saved by the metering gateway so that the next one continues from there).
+    pub fn positions(&self) -> HashMap<String, u64> {
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions
+            .iter()
+            .map(|((stream, name, created), &seq)| (format!("{stream}/{name}/{created}"), seq))
+            .collect()
+    }
+
+    /// Continues from positions saved by [`Meter::positions`] (a gateway taking over the meter).
+    pub fn restore_positions(&self, saved: &HashMap<String, u64>) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, &seq) in saved {
+            let mut parts = key.rsplitn(3, '/');
+            let (Some(created), Some(name), Some(stream)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(created) = created.parse::<i128>() else {
+                continue;
+            };
+            positions.insert((stream.to_string(), name.to_string(), created), seq);
+        }
     }
 
     async fn enforce(
@@ -387,6 +424,10 @@ impl Meter {
             let Some(&limit) = limits.get(institution) else {
                 continue;
             };
+            if let Err(e) = self.quotas.refresh(institution).await {
+                tracing::warn!("cannot read the counters of {institution}: {e}");
+                continue;
+            }
             match self.quotas.check_bytes(institution, limit) {
                 Err(exceeded) => {
                     let until = pause_deadline(exceeded.resets_at);
@@ -397,7 +438,11 @@ impl Meter {
                             Err(e) => tracing::warn!("cannot pause {}: {e}", info.name),
                         }
                     }
-                    let first = self.quotas.take_exhaustion_notice(institution);
+                    let first = self
+                        .quotas
+                        .claim_exhaustion_notice(institution)
+                        .await
+                        .unwrap_or(false);
                     if first || !paused.is_empty() {
                         let message = format!(
                             "{} of {limit} bytes delivered today (UTC); consumers paused until {}",

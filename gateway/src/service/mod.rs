@@ -71,7 +71,16 @@ pub struct ServiceContext {
     pub audit: Arc<Audit>,
     /// Byte meter (new consumers are registered with it).
     pub meter: Arc<Meter>,
+    /// State shared with the facility's other gateways (None: this gateway is alone).
+    shared: std::sync::OnceLock<crate::shared_state::SharedState>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while one institution's decision is taken (see [`ServiceContext::lock`]).
+pub struct DecisionGuard {
+    // Dropped first: the shared lock is released before the local one.
+    _shared: Option<crate::shared_state::DecisionLock>,
+    _local: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// A running request service.
@@ -120,8 +129,15 @@ impl ServiceContext {
             quotas,
             audit,
             meter,
+            shared: std::sync::OnceLock::new(),
             locks: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Takes decision locks in `shared` too, so that several gateways decide
+    /// for one institution one at a time.
+    pub fn attach_shared(&self, shared: crate::shared_state::SharedState) {
+        let _ = self.shared.set(shared);
     }
 
     /// Registers the endpoints and starts answering; `queue_group` lets
@@ -234,13 +250,27 @@ impl ServiceContext {
     }
 
     /// Serializes slot decisions of one institution (dataset requests and
-    /// publish jobs take consumer slots under this lock).
-    pub async fn lock(&self, institution: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// publish jobs take consumer slots under this lock): in this process,
+    /// then across gateways through the shared bucket (bounded wait), after
+    /// which the institution's counters are re-read from it.
+    pub async fn lock(&self, institution: &str) -> Result<DecisionGuard, ErrorBody> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(institution.to_string()).or_default().clone()
         };
-        lock.lock_owned().await
+        let local = lock.lock_owned().await;
+        let shared =
+            match self.shared.get() {
+                Some(shared) => Some(shared.lock(institution).await.map_err(|e| {
+                    ErrorBody::new(ErrorCode::Internal, format!("gateway busy: {e}"))
+                })?),
+                None => None,
+            };
+        self.quotas.refresh(institution).await.map_err(internal)?;
+        Ok(DecisionGuard {
+            _shared: shared,
+            _local: local,
+        })
     }
 
     /// Grants (or refuses) a dataset: resumes a labelled consumer or creates one in a free slot.
@@ -254,7 +284,7 @@ impl ServiceContext {
         let now = self.quotas.now();
         let stream = resolve_stream(policy, &request.filters, now)?;
         // One decision at a time per institution, so two requests cannot take the same slot.
-        let _guard = self.lock(id).await;
+        let _guard = self.lock(id).await?;
         let existing = list_institution(&self.js, id).await.map_err(internal)?;
         if let Some(label) = &request.label {
             if let Some(info) = existing.iter().find(|c| label_of(c) == Some(label)) {
@@ -329,22 +359,36 @@ impl ServiceContext {
             metadata.insert(META_LABEL.to_string(), label.clone());
         }
         config.metadata = metadata;
-        let handle = self
-            .js
-            .get_stream_no_info(&stream)
-            .await
-            .map_err(internal)?;
-        let created = handle
-            .create_consumer_strict(config)
-            .await
-            .map_err(|e| match e.kind() {
-                ConsumerCreateStrictErrorKind::JetStream(j) if j.code() == 404 => bad(format!(
-                    "stream {stream} does not exist yet; no data has been published to it"
-                )),
-                _ => internal(e),
-            })?;
+        // Counted before the consumer exists: a gateway dying in between
+        // leaves one request too many counted, never one granted uncounted.
+        self.quotas.count_request(id).await.map_err(internal)?;
+        let created = async {
+            let handle = self
+                .js
+                .get_stream_no_info(&stream)
+                .await
+                .map_err(internal)?;
+            handle
+                .create_consumer_strict(config)
+                .await
+                .map_err(|e| match e.kind() {
+                    ConsumerCreateStrictErrorKind::JetStream(j) if j.code() == 404 => bad(format!(
+                        "stream {stream} does not exist yet; no data has been published to it"
+                    )),
+                    _ => internal(e),
+                })
+        }
+        .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(refused) => {
+                if let Err(e) = self.quotas.uncount_request(id).await {
+                    tracing::warn!("a refused request of {id} stays counted: {e}");
+                }
+                return Err(refused);
+            }
+        };
         let info = created.cached_info().clone();
-        self.quotas.record_request(id);
         self.meter.register(&info);
         Ok(self.grant_of(&info, false))
     }
@@ -414,6 +458,7 @@ impl ServiceContext {
     pub async fn usage(&self, policy: &InstitutionPolicy) -> Result<UsageReply, ErrorBody> {
         let id = policy.id.as_str();
         let consumers = list_institution(&self.js, id).await.map_err(internal)?;
+        self.quotas.refresh(id).await.map_err(internal)?;
         let snapshot = self.quotas.snapshot(id);
         let quotas = &policy.quotas;
         let bytes = Counter::new(
@@ -493,7 +538,7 @@ impl ServiceContext {
             (None, Some(label)) => check_label(label)?,
             _ => {}
         }
-        let _guard = self.lock(id).await;
+        let _guard = self.lock(id).await?;
         let existing = list_institution(&self.js, id).await.map_err(internal)?;
         let found = existing
             .iter()

@@ -1,0 +1,465 @@
+//! Several gateways side by side (docs/operators.md "Several gateways"):
+//! gateway processes of the `lclstream` binary share one server with the
+//! auth callout, their quota counters, decision locks and meter leadership
+//! live in JetStream key-value buckets, and one of them is killed -9 in the
+//! middle of a burst of connects and requests.
+
+mod partner_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
+use lclstream_gateway::keys::GatewayKeys;
+use lclstream_gateway::policy::InstitutionPolicy;
+use lclstream_gateway::shared_state::{gateways, STATE_BUCKET};
+use lclstream_nats::server::NatsServer;
+use lclstream_partner::{DatasetRequest, PartnerError, Start};
+use partner_support::*;
+
+/// A deployment: one server with the callout, gateway processes over shared policies.
+struct Deployment {
+    server: NatsServer,
+    dir: tempfile::TempDir,
+    keys_dir: PathBuf,
+    policies: PathBuf,
+    admin: async_nats::Client,
+    js: jetstream::Context,
+    gateways: Vec<(String, Child)>,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.gateways {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn deploy(policies: &[InstitutionPolicy]) -> Deployment {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("keys");
+    let gateway_keys = GatewayKeys::load_or_generate(&keys_dir, true).expect("gateway keys");
+    let admin_key = nkeys::KeyPair::new_user();
+    let mut settings = CalloutServerSettings::from_keys(&gateway_keys);
+    settings.admin_users.push(admin_key.public_key());
+    let server = NatsServer::start_with(|c| c.blocks.extend(callout_server_blocks(&settings)))
+        .expect("nats-server starts with the callout");
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    write_policies(&policy_dir, policies);
+    let admin = async_nats::ConnectOptions::with_nkey(admin_key.seed().unwrap())
+        .connect(server.url())
+        .await
+        .unwrap();
+    let js = jetstream::new(admin.clone());
+    Deployment {
+        server,
+        keys_dir,
+        policies: policy_dir,
+        admin,
+        js,
+        gateways: Vec::new(),
+        dir,
+    }
+}
+
+impl Deployment {
+    /// Starts gateway process `id` (a `lclstream gateway --config` with `quota.shared`).
+    fn start_gateway(&mut self, id: &str) {
+        let mut config = callout_config(&self.server.url(), &self.policies, &self.keys_dir);
+        config.policies.reload_secs = 1;
+        config.audit.file = Some(self.audit_path(id));
+        config.meter.interval_ms = 250;
+        config.quota.shared = true;
+        config.quota.gateway_id = Some(id.to_string());
+        let path = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+            .args(["gateway", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("lclstream gateway starts");
+        self.gateways.push((id.to_string(), child));
+    }
+
+    fn audit_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("audit-{id}.jsonl"))
+    }
+
+    /// Kills gateway `id` with SIGKILL and reaps it.
+    fn kill9(&mut self, id: &str) {
+        let at = self
+            .gateways
+            .iter()
+            .position(|(name, _)| name == id)
+            .expect("a gateway of that id");
+        let (_, mut child) = self.gateways.remove(at);
+        child.kill().expect("SIGKILL delivered");
+        child.wait().unwrap();
+    }
+
+    /// Waits (bounded) until the heartbeats name exactly `ids` and one of them meters.
+    async fn wait_for_gateways(&self, ids: &[&str]) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok((beats, Some(leader))) = gateways(&self.js).await {
+                let mut seen: Vec<&str> = beats.iter().map(|b| b.id.as_str()).collect();
+                seen.sort();
+                let mut want = ids.to_vec();
+                want.sort();
+                if seen == want && ids.contains(&leader.as_str()) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateways {ids:?} did not all show up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The audit lines of every gateway.
+    fn audit_lines(&self, ids: &[&str]) -> Vec<serde_json::Value> {
+        ids.iter()
+            .flat_map(|id| {
+                std::fs::read_to_string(self.audit_path(id))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Requests counted in the shared bucket for `institution`.
+    async fn counted_requests(&self, institution: &str) -> usize {
+        let kv = self.js.get_key_value(STATE_BUCKET).await.unwrap();
+        let value = kv
+            .get(format!("usage.{institution}"))
+            .await
+            .unwrap()
+            .unwrap();
+        let usage: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        usage["requests"].as_array().unwrap().len()
+    }
+}
+
+fn dataset(label: &str) -> DatasetRequest {
+    DatasetRequest {
+        filters: vec!["lcls.mfx.mfxp1234.>".into()],
+        start: Start::All,
+        end: None,
+        label: Some(label.into()),
+    }
+}
+
+/// What one connect-and-request got.
+#[derive(Debug)]
+enum Outcome {
+    Granted,
+    Refused(String),
+    /// No answer (connect or request): only allowed for operations that
+    /// were under way when a gateway died.
+    Lost(String),
+}
+
+async fn connect_and_request(url: String, key: Arc<nkeys::KeyPair>, label: String) -> Outcome {
+    let partner = match connect_with_key(&url, "ucsd", &key).await {
+        Ok(p) => p,
+        Err(e) => return Outcome::Lost(format!("connect: {e}")),
+    };
+    match partner.request_dataset(&dataset(&label)).await {
+        Ok(_) => Outcome::Granted,
+        Err(PartnerError::Refused(body)) => Outcome::Refused(format!("{:?}", body.code)),
+        Err(e) => Outcome::Lost(format!("request: {e}")),
+    }
+}
+
+#[tokio::test]
+async fn killing_the_metering_gateway_loses_no_answer_and_no_quota() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 6;
+    quotas.concurrent_consumers = 4;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd]).await;
+    publish(&d.js, "mfxp1234", 3, 10, 3, 16).await;
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    let leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    let survivor = if leader == "gw-a" { "gw-b" } else { "gw-a" };
+
+    // A partner connected and granted before the crash.
+    let early = connect_with_key(&d.server.url(), "ucsd", &key)
+        .await
+        .expect("connects through either gateway");
+    let early_grant = step("early request", early.request_dataset(&dataset("early")))
+        .await
+        .expect("granted");
+
+    // A burst of connects and requests; the metering gateway dies in its middle.
+    let mut before = Vec::new();
+    for i in 0..6 {
+        before.push(tokio::spawn(connect_and_request(
+            d.server.url(),
+            key.clone(),
+            format!("before-{i}"),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    d.kill9(&leader);
+    let killed_at = Instant::now();
+    let mut after = Vec::new();
+    for i in 0..10 {
+        let url = d.server.url();
+        let key = key.clone();
+        after.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = connect_and_request(url, key, format!("after-{i}")).await;
+            (outcome, started.elapsed())
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in before {
+        // Under way at the kill: may be lost, but never hangs past the client's timeouts.
+        outcomes.push(step("burst before the kill", task).await.unwrap());
+    }
+    let mut slowest = Duration::ZERO;
+    for task in after {
+        let (outcome, took) = step("burst after the kill", task).await.unwrap();
+        assert!(
+            !matches!(outcome, Outcome::Lost(_)),
+            "started after the kill but not answered: {outcome:?}"
+        );
+        slowest = slowest.max(took);
+        outcomes.push(outcome);
+    }
+    eprintln!("slowest connect+request after the kill: {slowest:?}; outcomes: {outcomes:?}");
+
+    // No quota exceeded: at most 4 consumers, at most 6 counted requests,
+    // and never a consumer without its counted request. A request the killed
+    // gateway was deciding may have been counted without an answer (counted
+    // first, so a crash errs on the side of the quota).
+    let granted = 1 + outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Granted))
+        .count();
+    let consumers = slot_consumers(&d.js, "ucsd").await;
+    assert!(consumers.len() <= 4, "slots exceeded: {consumers:?}");
+    assert!(consumers.len() >= granted, "every grant has its consumer");
+    let counted = d.counted_requests("ucsd").await;
+    assert!(counted <= 6, "{counted} requests counted against 6");
+    assert!(counted >= consumers.len(), "a consumer was not counted");
+    assert!(outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Refused(code) if code.contains("Quota"))));
+
+    // The survivor takes over the meter within the documented bound.
+    let took_over = d.wait_for_gateways(&[survivor]).await;
+    assert_eq!(took_over, survivor);
+    eprintln!("meter taken over {:?} after the kill", killed_at.elapsed());
+
+    // The partner connected before the crash still pulls everything.
+    let mut sink = lclstream_partner::CallbackSink::new(|_: &_, _| Ok(()));
+    let options = lclstream_partner::PullOptions {
+        idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let summary = step("pull", early.pull(&early_grant, &options, &mut sink))
+        .await
+        .expect("an already connected client is unaffected");
+    assert_eq!(summary.events, 30);
+
+    // One audit entry per decision: at least one per grant, at most one per consumer.
+    let audit = d.audit_lines(&["gw-a", "gw-b"]);
+    let allowed = audit
+        .iter()
+        .filter(|l| l["action"] == "request" && l["decision"] == "allow")
+        .count();
+    assert!(
+        allowed >= granted && allowed <= consumers.len(),
+        "{allowed} grants audited for {granted} answered and {} consumers",
+        consumers.len()
+    );
+
+    // With every gateway down, new connections are refused cleanly ...
+    d.kill9(survivor);
+    let refused = connect_with_key(&d.server.url(), "ucsd", &key).await;
+    assert!(refused.is_err(), "no gateway, no connection");
+    // ... and the first gateway to come back serves them, no manual step.
+    d.start_gateway("gw-c");
+    let mut back = None;
+    for _ in 0..100 {
+        if let Ok(partner) = connect_with_key(&d.server.url(), "ucsd", &key).await {
+            back = Some(partner);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = back.expect("the returning gateway authorizes connections");
+    let usage = step("usage", back.usage()).await.expect("answered");
+    assert_eq!(usage.requests.used as usize, counted, "counters survived");
+    let _ = d.admin.flush().await;
+}
+
+#[tokio::test]
+async fn parallel_requests_across_gateways_never_exceed_the_quota() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 5;
+    quotas.concurrent_consumers = 50;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd.clone()]).await;
+    publish(&d.js, "mfxp1234", 3, 1, 1, 8).await;
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    d.start_gateway("gw-c");
+    d.wait_for_gateways(&["gw-a", "gw-b", "gw-c"]).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        tasks.push(tokio::spawn(connect_and_request(
+            d.server.url(),
+            key.clone(),
+            format!("race-{i}"),
+        )));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        match step("racing request", task).await.unwrap() {
+            Outcome::Granted => granted += 1,
+            Outcome::Refused(code) => assert!(code.contains("QuotaRequests"), "{code}"),
+            Outcome::Lost(e) => panic!("unanswered: {e}"),
+        }
+    }
+    assert_eq!(granted, 5, "exactly the quota is granted");
+    assert_eq!(d.counted_requests("ucsd").await, 5);
+    assert_eq!(slot_consumers(&d.js, "ucsd").await.len(), 5);
+    let audit = d.audit_lines(&["gw-a", "gw-b", "gw-c"]);
+    let requests: Vec<_> = audit.iter().filter(|l| l["action"] == "request").collect();
+    assert_eq!(requests.len(), 16, "each request decided exactly once");
+    let connects = audit
+        .iter()
+        .filter(|l| l["action"] == "connect" && l["decision"] == "allow")
+        .count();
+    assert_eq!(connects, 16, "each connection authorized exactly once");
+
+    // Revocation (a policy reload) is enforced by every gateway: connect
+    // until each gateway's audit log shows it refusing the key (bounded).
+    ucsd.keys[0].revoked = true;
+    write_policies(&d.policies, &[ucsd]);
+    let revoked_key = key.public_key();
+    let refused_by = |d: &Deployment, id: &str| {
+        d.audit_lines(&[id]).iter().any(|l| {
+            l["action"] == "connect" && l["decision"] == "deny" && l["who"] == revoked_key.as_str()
+        })
+    };
+    // A reload period for each gateway to see the change.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut attempts = 0;
+    while !["gw-a", "gw-b", "gw-c"].iter().all(|id| refused_by(&d, id)) {
+        attempts += 1;
+        assert!(attempts <= 200, "not every gateway refused the revoked key");
+        assert!(
+            connect_with_key(&d.server.url(), "ucsd", &key)
+                .await
+                .is_err(),
+            "a revoked key connected"
+        );
+    }
+    assert!(Path::new(&d.audit_path("gw-a")).exists());
+}
+
+#[tokio::test]
+async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
+    use lclstream_gateway::quota::{QuotaBook, SystemClock};
+    use lclstream_gateway::shared_state::SharedState;
+    let server = NatsServer::start_default().expect("nats-server starts");
+    let mut states = Vec::new();
+    let mut books = Vec::new();
+    for id in ["one", "two", "three"] {
+        // A connection per "gateway", as with separate processes.
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let state = SharedState::open(
+            &jetstream::new(client),
+            id.into(),
+            1,
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("buckets open");
+        let book = Arc::new(QuotaBook::new(Arc::new(SystemClock)));
+        book.attach_shared(state.usage());
+        states.push(state);
+        books.push(book);
+    }
+
+    // 3 x 40 concurrent increments from three books: none lost.
+    let mut tasks = Vec::new();
+    for book in &books {
+        for _ in 0..40 {
+            let book = book.clone();
+            tasks.push(tokio::spawn(async move {
+                book.meter_bytes("ucsd", 7).await.expect("counted");
+                book.count_request("ucsd").await.expect("counted");
+            }));
+        }
+    }
+    for task in tasks {
+        step("increment", task).await.unwrap();
+    }
+    books[0].refresh("ucsd").await.unwrap();
+    let snapshot = books[0].snapshot("ucsd");
+    assert_eq!(snapshot.bytes_today, 3 * 40 * 7);
+    assert_eq!(snapshot.requests_last_hour, 3 * 40);
+    // Only one gateway is told to notify the day's exhaustion.
+    let mut firsts = 0;
+    for book in &books {
+        if book.claim_exhaustion_notice("ucsd").await.unwrap() {
+            firsts += 1;
+        }
+    }
+    assert_eq!(firsts, 1);
+
+    // The decision lock excludes the other gateways until released.
+    let held = states[0].lock("ucsd").await.expect("free lock taken");
+    let contender = {
+        let state = states[1].clone();
+        tokio::spawn(async move { state.lock("ucsd").await.map(|_| Instant::now()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!contender.is_finished(), "a held lock was taken");
+    let released = Instant::now();
+    drop(held);
+    let taken = step("contender", contender)
+        .await
+        .unwrap()
+        .expect("lock taken");
+    assert!(taken >= released);
+
+    // One meter; when it stops renewing, another takes over after the lease.
+    assert!(states[0].lead().await.unwrap());
+    assert!(!states[1].lead().await.unwrap());
+    assert!(states[0].lead().await.unwrap(), "the meter renews");
+    let stopped = Instant::now();
+    let deadline = stopped + STEP;
+    while !states[1].lead().await.unwrap() {
+        assert!(Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("meter lease (1 s) taken over after {:?}", stopped.elapsed());
+    assert!(
+        !states[0].lead().await.unwrap(),
+        "the old meter stands down"
+    );
+    assert!(!states[2].lead().await.unwrap());
+}
