@@ -1,0 +1,295 @@
+//! Bitshuffle pre-filter, bit for bit the transform of the bitshuffle library
+//! (K. Masui et al., used by HDF5 filter 32008 and Dectris "bslz4").
+//!
+//! The elements are cut into blocks of [`block_elements`] elements (8192
+//! bytes' worth, a multiple of 8). Within a block of `n` elements of `s`
+//! bytes the output is `8 * s` bit planes of `n / 8` bytes: plane `8 * j + k`
+//! holds bit `k` of byte `j` (memory order) of every element, element `8 * m +
+//! b` at bit `b` of byte `m`. A last block that is not full is transposed
+//! over its largest multiple of 8 elements; the remaining 0..7 elements are
+//! copied unchanged at the end. Bit planes of detector pixels are mostly all
+//! zero (high bits) or all noise (low bits), which LZ4 then compresses far
+//! better than byte planes.
+//!
+//! The transform only moves bits, so it is the same for any byte order: a
+//! big-endian array is transposed as its bytes lie in memory, as the library
+//! does.
+//!
+//! Implementation: each 8 x 8 bit matrix is transposed in a `u64` (three
+//! masked swap stages), and 8 of them at a time are transposed again as an
+//! 8 x 8 byte matrix so that every bit plane receives whole `u64` words. The
+//! loops work on fixed `[u64; 8]` groups the compiler unrolls and vectorises.
+
+use super::shuffle;
+use super::WireError;
+
+/// Target block size of the bitshuffle library, in bytes.
+const TARGET_BLOCK_BYTES: usize = 8192;
+/// Smallest block the library chooses, in elements.
+const MIN_BLOCK_ELEMENTS: usize = 128;
+
+/// Block size in elements that the bitshuffle library uses for `elem_size`
+/// by default (`bshuf_default_block_size`): 8192 bytes' worth of elements
+/// rounded down to a multiple of 8, at least 128.
+pub fn block_elements(elem_size: usize) -> usize {
+    let elements = TARGET_BLOCK_BYTES / elem_size.max(1);
+    ((elements / 8) * 8).max(MIN_BLOCK_ELEMENTS)
+}
+
+/// Bit-shuffles `data`, made of `elem_size`-byte elements, with the default block size.
+///
+/// Fails when `data` is not a whole number of elements or `elem_size` is 0.
+pub fn bitshuffle(data: &[u8], elem_size: usize) -> Result<Vec<u8>, WireError> {
+    transform(data, elem_size, Direction::Shuffle)
+}
+
+/// Inverts [`bitshuffle`].
+pub fn bitunshuffle(data: &[u8], elem_size: usize) -> Result<Vec<u8>, WireError> {
+    transform(data, elem_size, Direction::Unshuffle)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Shuffle,
+    Unshuffle,
+}
+
+fn transform(data: &[u8], elem_size: usize, direction: Direction) -> Result<Vec<u8>, WireError> {
+    if elem_size == 0 || data.len() % elem_size != 0 {
+        return Err(WireError::Invalid(format!(
+            "bitshuffle: {} bytes are not a whole number of {elem_size}-byte elements",
+            data.len()
+        )));
+    }
+    let mut out = vec![0u8; data.len()];
+    let elements = data.len() / elem_size;
+    let block = block_elements(elem_size);
+    let mut scratch = vec![0u8; block * elem_size];
+    let mut start = 0;
+    while start + 8 <= elements {
+        // Full blocks, then the last one rounded down to a multiple of 8 elements.
+        let n = block.min(elements - start) / 8 * 8;
+        let range = start * elem_size..(start + n) * elem_size;
+        let scratch = &mut scratch[..n * elem_size];
+        match direction {
+            Direction::Shuffle => shuffle_block(&data[range.clone()], &mut out[range], scratch, elem_size),
+            Direction::Unshuffle => {
+                unshuffle_block(&data[range.clone()], &mut out[range], scratch, elem_size)
+            }
+        }
+        start += n;
+    }
+    // Fewer than 8 trailing elements travel unchanged.
+    out[start * elem_size..].copy_from_slice(&data[start * elem_size..]);
+    Ok(out)
+}
+
+/// One block: byte planes first (byte shuffle), then each byte plane's bits.
+fn shuffle_block(input: &[u8], output: &mut [u8], scratch: &mut [u8], elem_size: usize) {
+    let planes: &[u8] = if elem_size == 1 {
+        input
+    } else {
+        shuffle::shuffle_into(input, scratch, elem_size);
+        scratch
+    };
+    let n = input.len() / elem_size;
+    for (plane, rows) in planes.chunks_exact(n).zip(output.chunks_exact_mut(n)) {
+        bits_to_rows(plane, rows);
+    }
+}
+
+fn unshuffle_block(input: &[u8], output: &mut [u8], scratch: &mut [u8], elem_size: usize) {
+    let n = input.len() / elem_size;
+    if elem_size == 1 {
+        rows_to_bits(input, output);
+        return;
+    }
+    for (rows, plane) in input.chunks_exact(n).zip(scratch.chunks_exact_mut(n)) {
+        rows_to_bits(rows, plane);
+    }
+    shuffle::unshuffle_into(scratch, output, elem_size);
+}
+
+/// Transposes one byte plane of `n` bytes (`n` a multiple of 8) into 8 bit
+/// rows of `n / 8` bytes: row `k` holds bit `k` of every byte.
+fn bits_to_rows(plane: &[u8], rows: &mut [u8]) {
+    let row_len = plane.len() / 8;
+    let whole = row_len / 8 * 8;
+    // 64 bytes at a time: 8 words in, one word out to each row.
+    for group in (0..whole).step_by(8) {
+        let mut words = [0u64; 8];
+        for (t, word) in words.iter_mut().enumerate() {
+            let at = (group + t) * 8;
+            *word = transpose_bits(load(&plane[at..at + 8]));
+        }
+        transpose_bytes(&mut words);
+        for (k, word) in words.iter().enumerate() {
+            let at = k * row_len + group;
+            rows[at..at + 8].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    for m in whole..row_len {
+        let word = transpose_bits(load(&plane[m * 8..m * 8 + 8]));
+        for (k, byte) in word.to_le_bytes().into_iter().enumerate() {
+            rows[k * row_len + m] = byte;
+        }
+    }
+}
+
+/// Inverts [`bits_to_rows`].
+fn rows_to_bits(rows: &[u8], plane: &mut [u8]) {
+    let row_len = rows.len() / 8;
+    let whole = row_len / 8 * 8;
+    for group in (0..whole).step_by(8) {
+        let mut words = [0u64; 8];
+        for (k, word) in words.iter_mut().enumerate() {
+            let at = k * row_len + group;
+            *word = load(&rows[at..at + 8]);
+        }
+        transpose_bytes(&mut words);
+        for (t, word) in words.iter().enumerate() {
+            let at = (group + t) * 8;
+            plane[at..at + 8].copy_from_slice(&transpose_bits(*word).to_le_bytes());
+        }
+    }
+    for m in whole..row_len {
+        let mut bytes = [0u8; 8];
+        for (k, byte) in bytes.iter_mut().enumerate() {
+            *byte = rows[k * row_len + m];
+        }
+        let word = transpose_bits(u64::from_le_bytes(bytes));
+        plane[m * 8..m * 8 + 8].copy_from_slice(&word.to_le_bytes());
+    }
+}
+
+fn load(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+/// Transposes the 8 x 8 bit matrix whose row `b` is byte `b` of `x` (little
+/// endian): bit `k` of byte `b` becomes bit `b` of byte `k`. The library's
+/// `TRANS_BIT_8X8`.
+#[inline(always)]
+fn transpose_bits(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x = x ^ t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x = x ^ t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^ t ^ (t << 28)
+}
+
+/// Transposes the 8 x 8 byte matrix whose row `t` is `words[t]`: byte `k`
+/// of word `t` becomes byte `t` of word `k`.
+#[inline(always)]
+fn transpose_bytes(words: &mut [u64; 8]) {
+    swap_blocks(words, 1, 8, 0x00FF_00FF_00FF_00FF);
+    swap_blocks(words, 2, 16, 0x0000_FFFF_0000_FFFF);
+    swap_blocks(words, 4, 32, 0x0000_0000_FFFF_FFFF);
+}
+
+#[inline(always)]
+fn swap_blocks(words: &mut [u64; 8], distance: usize, shift: u32, mask: u64) {
+    for t in 0..8 {
+        if t & distance == 0 {
+            let (a, b) = (words[t], words[t + distance]);
+            let swap = ((a >> shift) ^ b) & mask;
+            words[t + distance] = b ^ swap;
+            words[t] = a ^ (swap << shift);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, one bit at a time.
+    fn reference(data: &[u8], elem_size: usize) -> Vec<u8> {
+        let elements = data.len() / elem_size;
+        let block = block_elements(elem_size);
+        let mut out = data.to_vec();
+        let mut start = 0;
+        while start + 8 <= elements {
+            let n = block.min(elements - start) / 8 * 8;
+            let base = start * elem_size;
+            out[base..base + n * elem_size].fill(0);
+            for e in 0..n {
+                for j in 0..elem_size {
+                    for k in 0..8 {
+                        let bit = (data[base + e * elem_size + j] >> k) & 1;
+                        let at = base + (8 * j + k) * (n / 8) + e / 8;
+                        out[at] |= bit << (e % 8);
+                    }
+                }
+            }
+            start += n;
+        }
+        out
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 & if i % 3 == 0 { 0x0F } else { 0xFF })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_bit_by_bit_definition() {
+        for elem_size in [1, 2, 3, 4, 5, 8, 12, 16] {
+            for elements in [0, 1, 7, 8, 9, 64, 65, 127, 200, 1000, 4096, 4103, 9000] {
+                let data = sample(elements * elem_size);
+                let shuffled = bitshuffle(&data, elem_size).unwrap();
+                assert_eq!(
+                    shuffled,
+                    reference(&data, elem_size),
+                    "{elements} elements of {elem_size} bytes"
+                );
+                assert_eq!(bitunshuffle(&shuffled, elem_size).unwrap(), data);
+            }
+        }
+    }
+
+    #[test]
+    fn block_sizes_follow_the_library() {
+        assert_eq!(block_elements(1), 8192);
+        assert_eq!(block_elements(2), 4096);
+        assert_eq!(block_elements(3), 2728);
+        assert_eq!(block_elements(4), 2048);
+        assert_eq!(block_elements(8), 1024);
+        assert_eq!(block_elements(100), 128);
+    }
+
+    #[test]
+    fn known_bytes_of_the_library() {
+        // hdf5plugin.Bitshuffle(cname="none") on np.arange(16, dtype="<u2"):
+        // bit 0 of 0..7 is 0b10101010, of 8..15 the same.
+        let data: Vec<u8> = (0..16u16).flat_map(|v| v.to_le_bytes()).collect();
+        let out = bitshuffle(&data, 2).unwrap();
+        assert_eq!(&out[..8], &[0xAA, 0xAA, 0xCC, 0xCC, 0xF0, 0xF0, 0x00, 0xFF]);
+        assert!(out[8..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn ragged_input_is_an_error() {
+        assert!(bitshuffle(&[1, 2, 3], 2).is_err());
+        assert!(bitunshuffle(&[1, 2, 3], 0).is_err());
+        assert_eq!(bitshuffle(&[], 4).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn byte_transpose_is_a_transpose() {
+        let mut words = [0u64; 8];
+        for (t, w) in words.iter_mut().enumerate() {
+            *w = u64::from_le_bytes(std::array::from_fn(|k| (t * 8 + k) as u8));
+        }
+        transpose_bytes(&mut words);
+        for (k, w) in words.iter().enumerate() {
+            for (t, byte) in w.to_le_bytes().into_iter().enumerate() {
+                assert_eq!(byte as usize, t * 8 + k);
+            }
+        }
+    }
+}
