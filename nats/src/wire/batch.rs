@@ -351,7 +351,7 @@ impl Array {
             Filter::None => {}
             Filter::Shuffle if size == 1 => {}
             Filter::Shuffle => self.data = shuffle::shuffle(&self.data, size),
-            Filter::Bitshuffle => self.data = bitshuffle::bitshuffle(&self.data, size)?,
+            Filter::Bitshuffle => bitshuffle::bitshuffle_in_place(&mut self.data, size)?,
         }
         if filter != Filter::Shuffle || size > 1 {
             self.filter = filter;
@@ -368,7 +368,7 @@ impl Array {
         match self.filter {
             Filter::None => return Ok(()),
             Filter::Shuffle => self.data = shuffle::unshuffle(&self.data, size),
-            Filter::Bitshuffle => self.data = bitshuffle::bitunshuffle(&self.data, size)?,
+            Filter::Bitshuffle => bitshuffle::bitunshuffle_in_place(&mut self.data, size)?,
         }
         self.filter = Filter::None;
         Ok(())

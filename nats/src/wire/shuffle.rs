@@ -62,8 +62,17 @@ pub(crate) fn unshuffle_into(input: &[u8], output: &mut [u8], item_size: usize) 
 }
 
 // Whole elements only; planes of `n` bytes each.
+// Iterators instead of indexing: no bounds checks, so the loops vectorise.
 fn scatter_fixed<const N: usize>(input: &[u8], output: &mut [u8]) {
     let n = input.len() / N;
+    if N == 2 {
+        let (low, high) = output[..2 * n].split_at_mut(n);
+        for ((l, h), element) in low.iter_mut().zip(high).zip(input.chunks_exact(2)) {
+            *l = element[0];
+            *h = element[1];
+        }
+        return;
+    }
     let mut planes: [&mut [u8]; N] = split_planes(output, n);
     for (i, element) in input.chunks_exact(N).enumerate() {
         for (plane, &byte) in planes.iter_mut().zip(element) {
@@ -74,6 +83,14 @@ fn scatter_fixed<const N: usize>(input: &[u8], output: &mut [u8]) {
 
 fn gather_fixed<const N: usize>(input: &[u8], output: &mut [u8]) {
     let n = input.len() / N;
+    if N == 2 {
+        let (low, high) = input[..2 * n].split_at(n);
+        for ((element, &l), &h) in output.chunks_exact_mut(2).zip(low).zip(high) {
+            element[0] = l;
+            element[1] = h;
+        }
+        return;
+    }
     let planes: [&[u8]; N] = std::array::from_fn(|b| &input[b * n..(b + 1) * n]);
     for (i, element) in output.chunks_exact_mut(N).enumerate() {
         for (byte, plane) in element.iter_mut().zip(&planes) {
