@@ -406,9 +406,16 @@ pub struct SyntheticConfig {
     /// Events per second; 0 for as fast as possible.
     #[serde(default)]
     pub rate_hz: f64,
-    /// Fraction of pixels hit by photons.
+    /// Mean photons per pixel (Poisson).
     #[serde(default = "default_density")]
     pub photon_density: f64,
+    /// Read noise in ADU (standard deviation), `adu` mode only.
+    #[serde(default = "default_read_noise")]
+    pub read_noise: f64,
+    /// `adu` (pedestal-subtracted ADU with read noise) or `photon_counts`
+    /// (integer photons per pixel, no noise).
+    #[serde(default = "default_mode")]
+    pub mode: String,
     /// Bright peaks per frame.
     #[serde(default = "default_peaks")]
     pub peaks: u32,
@@ -433,6 +440,12 @@ fn default_dtype() -> String {
 }
 fn default_density() -> f64 {
     0.02
+}
+fn default_read_noise() -> f64 {
+    3.0
+}
+fn default_mode() -> String {
+    "adu".into()
 }
 fn default_peaks() -> u32 {
     30
@@ -564,6 +577,15 @@ impl AgentConfig {
                         return Err(format!(
                             "{at}.synthetic: height x width must be between 1 and 2^28"
                         ));
+                    }
+                    if !matches!(syn.mode.as_str(), "adu" | "photon_counts") {
+                        return Err(format!(
+                            "{at}.synthetic.mode: {:?} is not \"adu\" or \"photon_counts\"",
+                            syn.mode
+                        ));
+                    }
+                    if !(syn.read_noise >= 0.0 && syn.read_noise.is_finite()) {
+                        return Err(format!("{at}.synthetic.read_noise must be >= 0"));
                     }
                     if !(syn.rate_hz >= 0.0 && syn.rate_hz.is_finite()) {
                         return Err(format!("{at}.synthetic.rate_hz must be >= 0"));

@@ -184,8 +184,81 @@ fn bits_to_rows_tail(plane: &[u8], rows: &mut [u8], from: usize) {
     }
 }
 
-/// Inverts [`bits_to_rows`].
+/// Inverts [`bits_to_rows`]. On x86-64 the 8 x 8 byte transposes are SSE2
+/// unpacks and the bit transposes run on two words at once.
+#[cfg(target_arch = "x86_64")]
 fn rows_to_bits(rows: &[u8], plane: &mut [u8]) {
+    use std::arch::x86_64::{
+        _mm_cvtsi128_si64, _mm_cvtsi64_si128, _mm_unpackhi_epi16, _mm_unpackhi_epi32,
+        _mm_unpackhi_epi64, _mm_unpacklo_epi16, _mm_unpacklo_epi32, _mm_unpacklo_epi8,
+    };
+    let row_len = rows.len() / 8;
+    let whole = row_len / 8 * 8;
+    for (group, bytes) in plane[..whole * 8].chunks_exact_mut(64).enumerate() {
+        let mut r = [0u64; 8];
+        for (word, row) in r.iter_mut().zip(rows.chunks_exact(row_len)) {
+            *word = load(&row[group * 8..group * 8 + 8]);
+        }
+        // SAFETY: value-only SSE2 intrinsics (no memory access); SSE2 is in
+        // every x86-64 CPU and in the baseline target.
+        unsafe {
+            let v = r.map(|w| _mm_cvtsi64_si128(w as i64));
+            // Byte k of output word t must be byte t of row k: interleave
+            // rows by bytes, then pairs, then quads.
+            let a0 = _mm_unpacklo_epi8(v[0], v[1]);
+            let a1 = _mm_unpacklo_epi8(v[2], v[3]);
+            let a2 = _mm_unpacklo_epi8(v[4], v[5]);
+            let a3 = _mm_unpacklo_epi8(v[6], v[7]);
+            let b0 = _mm_unpacklo_epi16(a0, a1);
+            let b1 = _mm_unpackhi_epi16(a0, a1);
+            let b2 = _mm_unpacklo_epi16(a2, a3);
+            let b3 = _mm_unpackhi_epi16(a2, a3);
+            let words = [
+                _mm_unpacklo_epi32(b0, b2),
+                _mm_unpackhi_epi32(b0, b2),
+                _mm_unpacklo_epi32(b1, b3),
+                _mm_unpackhi_epi32(b1, b3),
+            ];
+            for (pair, out) in words.into_iter().zip(bytes.chunks_exact_mut(16)) {
+                let x = transpose_bits_x2(pair);
+                let low = _mm_cvtsi128_si64(x) as u64;
+                let high = _mm_cvtsi128_si64(_mm_unpackhi_epi64(x, x)) as u64;
+                out[..8].copy_from_slice(&low.to_le_bytes());
+                out[8..].copy_from_slice(&high.to_le_bytes());
+            }
+        }
+    }
+    rows_to_bits_tail(rows, plane, whole);
+}
+
+/// [`transpose_bits`] on both 64-bit lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose_bits_x2(x: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::{_mm_and_si128, _mm_set1_epi64x, _mm_slli_epi64, _mm_srli_epi64, _mm_xor_si128};
+    // SAFETY: value-only SSE2 intrinsics, see `rows_to_bits`.
+    unsafe {
+        let t = _mm_and_si128(
+            _mm_xor_si128(x, _mm_srli_epi64::<7>(x)),
+            _mm_set1_epi64x(0x00AA_00AA_00AA_00AA),
+        );
+        let x = _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64::<7>(t));
+        let t = _mm_and_si128(
+            _mm_xor_si128(x, _mm_srli_epi64::<14>(x)),
+            _mm_set1_epi64x(0x0000_CCCC_0000_CCCC),
+        );
+        let x = _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64::<14>(t));
+        let t = _mm_and_si128(
+            _mm_xor_si128(x, _mm_srli_epi64::<28>(x)),
+            _mm_set1_epi64x(0x0000_0000_F0F0_F0F0),
+        );
+        _mm_xor_si128(_mm_xor_si128(x, t), _mm_slli_epi64::<28>(t))
+    }
+}
+
+/// Portable [`rows_to_bits`].
+#[cfg(any(not(target_arch = "x86_64"), test))]
+fn rows_to_bits_portable(rows: &[u8], plane: &mut [u8]) {
     let row_len = rows.len() / 8;
     let whole = row_len / 8 * 8;
     for (group, bytes) in plane[..whole * 8].chunks_exact_mut(64).enumerate() {
@@ -198,7 +271,16 @@ fn rows_to_bits(rows: &[u8], plane: &mut [u8]) {
             out.copy_from_slice(&transpose_bits(word).to_le_bytes());
         }
     }
-    for m in whole..row_len {
+    rows_to_bits_tail(rows, plane, whole);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use rows_to_bits_portable as rows_to_bits;
+
+/// [`rows_to_bits`] for the 8-byte groups from `from` on, one at a time.
+fn rows_to_bits_tail(rows: &[u8], plane: &mut [u8], from: usize) {
+    let row_len = rows.len() / 8;
+    for m in from..row_len {
         let mut bytes = [0u8; 8];
         for (byte, row) in bytes.iter_mut().zip(rows.chunks_exact(row_len)) {
             *byte = row[m];
@@ -230,6 +312,7 @@ fn transpose_bits(mut x: u64) -> u64 {
 
 /// Transposes the 8 x 8 byte matrix whose row `t` is `words[t]`: byte `k`
 /// of word `t` becomes byte `t` of word `k`.
+#[cfg(any(not(target_arch = "x86_64"), test))]
 #[inline(always)]
 fn transpose_bytes(words: &mut [u64; 8]) {
     swap_blocks(words, 1, 8, 0x00FF_00FF_00FF_00FF);
@@ -237,6 +320,7 @@ fn transpose_bytes(words: &mut [u64; 8]) {
     swap_blocks(words, 4, 32, 0x0000_0000_FFFF_FFFF);
 }
 
+#[cfg(any(not(target_arch = "x86_64"), test))]
 #[inline(always)]
 fn swap_blocks(words: &mut [u64; 8], distance: usize, shift: u32, mask: u64) {
     for t in 0..8 {
@@ -334,6 +418,11 @@ mod tests {
             bits_to_rows(&plane, &mut a);
             bits_to_rows_portable(&plane, &mut b);
             assert_eq!(a, b, "{len} bytes");
+            let (mut c, mut d) = (vec![0u8; len], vec![0u8; len]);
+            rows_to_bits(&a, &mut c);
+            rows_to_bits_portable(&a, &mut d);
+            assert_eq!(c, d, "{len} bytes back");
+            assert_eq!(c, plane);
         }
     }
 

@@ -228,15 +228,7 @@ fn decompress_lz4(payload: &[u8], limits: &DecodeLimits) -> Result<Vec<u8>, Wire
             payload.len() - 4
         )));
     }
-    let raw = lz4_flex::decompress_size_prepended(payload)
-        .map_err(|e| WireError::Decompress(e.to_string()))?;
-    if raw.len() as u64 != declared {
-        return Err(WireError::Decompress(format!(
-            "declared size {declared} but {} bytes decompressed",
-            raw.len()
-        )));
-    }
-    Ok(raw)
+    super::lz4::decompress(&payload[4..], declared as usize).map_err(WireError::Decompress)
 }
 
 #[cfg(test)]

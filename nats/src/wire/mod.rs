@@ -10,6 +10,7 @@ pub mod bitshuffle;
 pub mod chunk;
 pub mod codec;
 pub mod headers;
+pub mod lz4;
 pub mod shuffle;
 
 pub use batch::{
