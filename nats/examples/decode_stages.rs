@@ -19,7 +19,16 @@ fn main() {
         let events: Vec<_> = (0..8).map(|i| model.event("det", i, i)).collect();
         let batch = Batch::new("e", 1, "det", events).unwrap();
         let bytes = batch.payload_bytes() as f64;
-        let encoded = wire::encode(batch.clone(), &EncodeOptions::default()).unwrap();
+        let plain = std::env::args().any(|a| a == "--plain");
+        let options = if plain {
+            EncodeOptions {
+                filters: wire::FilterPolicy::none(),
+                ..Default::default()
+            }
+        } else {
+            EncodeOptions::default()
+        };
+        let encoded = wire::encode(batch.clone(), &options).unwrap();
         let message = &encoded.messages[0];
         let n = 40;
         let time = |f: &mut dyn FnMut()| {

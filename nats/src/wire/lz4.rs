@@ -10,21 +10,32 @@
 
 /// Decompresses an LZ4 block into exactly `size` bytes.
 pub fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>, String> {
-    let mut out: Vec<u8> = Vec::with_capacity(size);
+    let mut out = vec![0u8; size];
+    let mut pos = 0;
     let mut at = 0;
     loop {
         let token = *input.get(at).ok_or("truncated: missing token")?;
         at += 1;
         let literals = read_length(input, &mut at, usize::from(token >> 4))?;
-        let end = at
-            .checked_add(literals)
-            .filter(|&end| end <= input.len())
-            .ok_or("truncated literals")?;
-        if out.len() + literals > size {
-            return Err(format!("output exceeds the declared {size} bytes"));
+        // Short literals: one fixed 16-byte copy when both sides have room
+        // (the bytes past the literals are overwritten later or are zeros).
+        if literals <= 16 && at + 16 <= input.len() && pos + 16 <= size {
+            copy16(&input[at..at + 16], &mut out[pos..pos + 16]);
+        } else {
+            let end = at
+                .checked_add(literals)
+                .filter(|&end| end <= input.len())
+                .ok_or("truncated literals")?;
+            if pos + literals > size {
+                return Err(format!("output exceeds the declared {size} bytes"));
+            }
+            out[pos..pos + literals].copy_from_slice(&input[at..end]);
         }
-        out.extend_from_slice(&input[at..end]);
-        at = end;
+        if at + literals > input.len() || pos + literals > size {
+            return Err("truncated literals".into());
+        }
+        at += literals;
+        pos += literals;
         if at == input.len() {
             break;
         }
@@ -34,27 +45,34 @@ pub fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>, String> {
         };
         at += 2;
         let length = read_length(input, &mut at, usize::from(token & 15))? + 4;
-        if offset == 0 || offset > out.len() {
-            return Err(format!(
-                "match offset {offset} outside the {} bytes decoded",
-                out.len()
-            ));
+        if offset == 0 || offset > pos {
+            return Err(format!("match offset {offset} outside the {pos} bytes decoded"));
         }
-        if out.len() + length > size {
+        if pos + length > size {
             return Err(format!("output exceeds the declared {size} bytes"));
         }
-        copy_match(&mut out, offset, length);
+        copy_match(&mut out, pos, offset, length);
+        pos += length;
     }
-    if out.len() != size {
-        return Err(format!(
-            "declared size {size} but {} bytes decompressed",
-            out.len()
-        ));
+    if pos != size {
+        return Err(format!("declared size {size} but {pos} bytes decompressed"));
     }
+    // Bytes a wild copy wrote past the end of the data were all overwritten:
+    // every byte below `pos` was written in order.
     Ok(out)
 }
 
+/// A fixed-size copy the compiler turns into one 16-byte move (a slice
+/// `copy_from_slice` of unknown length becomes a `memmove` call).
+#[inline(always)]
+fn copy16(from: &[u8], to: &mut [u8]) {
+    let mut chunk = [0u8; 16];
+    chunk.copy_from_slice(&from[..16]);
+    to[..16].copy_from_slice(&chunk);
+}
+
 /// A 4-bit length, extended by bytes while they are 255.
+#[inline(always)]
 fn read_length(input: &[u8], at: &mut usize, nibble: usize) -> Result<usize, String> {
     let mut length = nibble;
     if nibble == 15 {
@@ -72,22 +90,36 @@ fn read_length(input: &[u8], at: &mut usize, nibble: usize) -> Result<usize, Str
     Ok(length)
 }
 
-/// Appends `length` bytes starting `offset` bytes back (`1 <= offset <= len`).
-fn copy_match(out: &mut Vec<u8>, offset: usize, length: usize) {
-    let start = out.len() - offset;
-    if offset >= length {
-        out.extend_from_within(start..start + length);
+/// Writes at `pos` the `length` bytes starting `offset` bytes back, as LZ4
+/// defines it (byte by byte forward, so a short offset repeats a pattern).
+/// The caller checked `1 <= offset <= pos` and `pos + length <= out.len()`.
+#[inline(always)]
+fn copy_match(out: &mut [u8], pos: usize, offset: usize, length: usize) {
+    let start = pos - offset;
+    if offset >= 16 && length <= 32 && pos + 32 <= out.len() {
+        // Two fixed 16-byte copies; the second may read what the first wrote,
+        // which is what LZ4 means.
+        let (head, tail) = out.split_at_mut(pos);
+        copy16(&head[start..], tail);
+        if length > 16 {
+            // Reads up to 16 bytes past `start + 16`, some of which the first
+            // copy may have just written: what LZ4 means by an overlap.
+            let (head, tail) = out.split_at_mut(pos + 16);
+            copy16(&head[start + 16..], tail);
+        }
+    } else if offset >= length {
+        out.copy_within(start..start + length, pos);
     } else if offset == 1 {
         let byte = out[start];
-        out.resize(out.len() + length, byte);
+        out[pos..pos + length].fill(byte);
     } else {
         // The pattern repeats: copy it whole, doubling each time.
-        let mut left = length;
+        let mut done = 0;
         let mut chunk = offset;
-        while left > 0 {
-            let n = chunk.min(left);
-            out.extend_from_within(start..start + n);
-            left -= n;
+        while done < length {
+            let n = chunk.min(length - done);
+            out.copy_within(start..start + n, pos + done);
+            done += n;
             chunk *= 2;
         }
     }
