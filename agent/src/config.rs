@@ -221,7 +221,9 @@ impl FiltersConfig {
     pub fn policy(&self) -> Result<FilterPolicy, String> {
         let filter = |key: &str, name: &str| {
             Filter::parse(name).ok_or_else(|| {
-                format!("encode.filters.{key}: {name:?} is not \"none\", \"shuffle\" or \"bitshuffle\"")
+                format!(
+                    "encode.filters.{key}: {name:?} is not \"none\", \"shuffle\" or \"bitshuffle\""
+                )
             })
         };
         let mut policy = FilterPolicy {
@@ -756,14 +758,20 @@ events = 10
             "{MINIMAL}\n[encode.filters]\nfloats = \"none\"\ndtypes = {{ i64 = \"shuffle\" }}\n\
              fields = {{ timestamps = \"none\", wave = \"bitshuffle\" }}\n"
         );
-        let policy = AgentConfig::from_toml(&text).unwrap().encode_options().filters;
+        let policy = AgentConfig::from_toml(&text)
+            .unwrap()
+            .encode_options()
+            .filters;
         assert_eq!(policy.choose("det", DType::U32), Filter::Bitshuffle);
         assert_eq!(policy.choose("det", DType::F64), Filter::None);
         assert_eq!(policy.choose("det", DType::I64), Filter::Shuffle);
         assert_eq!(policy.choose("timestamps", DType::I64), Filter::None);
         assert_eq!(policy.choose("wave", DType::F32), Filter::Bitshuffle);
         let text = format!("{MINIMAL}\n[encode]\nshuffle = false\n");
-        let policy = AgentConfig::from_toml(&text).unwrap().encode_options().filters;
+        let policy = AgentConfig::from_toml(&text)
+            .unwrap()
+            .encode_options()
+            .filters;
         assert_eq!(policy, FilterPolicy::none());
         for (bad, named) in [
             ("integers = \"bitshufle\"", "encode.filters.integers"),

@@ -49,7 +49,11 @@ fn cases() -> Vec<Case> {
         ..DetectorModel::photon_counts()
     };
     let frame = |model: &DetectorModel| -> Vec<u8> {
-        model.frame(7).iter().flat_map(|v| v.to_le_bytes()).collect()
+        model
+            .frame(7)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
     };
     let big_endian: Vec<u8> = realistic
         .frame(8)
@@ -64,15 +68,60 @@ fn cases() -> Vec<Case> {
         .flat_map(|i| ((i as f64 * 0.1).sin() * 3.0).to_le_bytes())
         .collect();
     vec![
-        Case { name: "frame_u2", dtype: "<u2", shape: vec![96, 200], data: frame(&realistic) },
-        Case { name: "counts_u2", dtype: "<u2", shape: vec![64, 128], data: frame(&counts) },
-        Case { name: "big_endian_u2", dtype: ">u2", shape: vec![5003], data: big_endian },
-        Case { name: "peaks_i4", dtype: "<i4", shape: vec![3001], data: ints },
-        Case { name: "wave_f8", dtype: "<f8", shape: vec![1029], data: floats },
-        Case { name: "mask_u1", dtype: "|u1", shape: vec![3, 8199], data: noise(3 * 8199, 1) },
-        Case { name: "short_u2", dtype: "<u2", shape: vec![7], data: noise(14, 2) },
-        Case { name: "odd_v3", dtype: "V3", shape: vec![2731], data: noise(3 * 2731, 3) },
-        Case { name: "odd_v5", dtype: "V5", shape: vec![130], data: noise(5 * 130, 4) },
+        Case {
+            name: "frame_u2",
+            dtype: "<u2",
+            shape: vec![96, 200],
+            data: frame(&realistic),
+        },
+        Case {
+            name: "counts_u2",
+            dtype: "<u2",
+            shape: vec![64, 128],
+            data: frame(&counts),
+        },
+        Case {
+            name: "big_endian_u2",
+            dtype: ">u2",
+            shape: vec![5003],
+            data: big_endian,
+        },
+        Case {
+            name: "peaks_i4",
+            dtype: "<i4",
+            shape: vec![3001],
+            data: ints,
+        },
+        Case {
+            name: "wave_f8",
+            dtype: "<f8",
+            shape: vec![1029],
+            data: floats,
+        },
+        Case {
+            name: "mask_u1",
+            dtype: "|u1",
+            shape: vec![3, 8199],
+            data: noise(3 * 8199, 1),
+        },
+        Case {
+            name: "short_u2",
+            dtype: "<u2",
+            shape: vec![7],
+            data: noise(14, 2),
+        },
+        Case {
+            name: "odd_v3",
+            dtype: "V3",
+            shape: vec![2731],
+            data: noise(3 * 2731, 3),
+        },
+        Case {
+            name: "odd_v5",
+            dtype: "V5",
+            shape: vec![130],
+            data: noise(5 * 130, 4),
+        },
     ]
 }
 
@@ -94,7 +143,10 @@ fn bitshuffle_matches_the_bitshuffle_library() {
     let mut manifest = Vec::new();
     for case in &cases {
         let size = item_size(case.dtype);
-        assert_eq!(case.data.len() as u64, case.shape.iter().product::<u64>() * size as u64);
+        assert_eq!(
+            case.data.len() as u64,
+            case.shape.iter().product::<u64>() * size as u64
+        );
         let shuffled = bitshuffle::bitshuffle(&case.data, size).unwrap();
         std::fs::write(dir.path().join(format!("{}.in", case.name)), &case.data).unwrap();
         std::fs::write(dir.path().join(format!("{}.rust", case.name)), &shuffled).unwrap();
@@ -122,7 +174,11 @@ fn bitshuffle_matches_the_bitshuffle_library() {
         let size = item_size(case.dtype);
         let lib = std::fs::read(dir.path().join(format!("{}.lib", case.name))).unwrap();
         let ours = bitshuffle::bitshuffle(&case.data, size).unwrap();
-        assert!(lib == ours, "{}: the library's bytes differ from lclstream's", case.name);
+        assert!(
+            lib == ours,
+            "{}: the library's bytes differ from lclstream's",
+            case.name
+        );
         assert_eq!(
             bitshuffle::bitunshuffle(&lib, size).unwrap(),
             case.data,

@@ -39,7 +39,7 @@ fn batches() -> Vec<Batch> {
             "peaks".into(),
             Array::new(DType::I32, vec![3, 4], peaks).unwrap(),
         );
-        let mask: Vec<u8> = (0..15u8).map(|p| p * 17 ^ event.index as u8).collect();
+        let mask: Vec<u8> = (0..15u8).map(|p| (p * 17) ^ event.index as u8).collect();
         event.arrays.insert(
             "mask".into(),
             Array::new(DType::U8, vec![3, 5], mask).unwrap(),

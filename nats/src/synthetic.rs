@@ -16,9 +16,9 @@ use crate::wire::{Array, Event, Scalar};
 /// What the pixel values mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FrameMode {
-    /// Analog-to-digital units: pedestal + gain x photons x ADU per photon
-    /// + read noise, rounded and clamped to `0..=65535` (negative noise of a
-    /// pedestal-subtracted frame stored as `u16` becomes 0).
+    /// Analog-to-digital units: pedestal, plus gain x photons x ADU per
+    /// photon, plus read noise, rounded and clamped to `0..=65535` (negative
+    /// noise of a pedestal-subtracted frame stored as `u16` becomes 0).
     #[default]
     Adu,
     /// Photons per pixel (integers, no pedestal, no noise), as after photon
@@ -220,12 +220,26 @@ mod tests {
         // Read noise: dark pixels are not all 0, and mostly below one photon.
         let zero = a.iter().filter(|&&p| p == 0).count();
         let dark = a.iter().filter(|&&p| p < 6).count();
-        assert!(zero < a.len() * 7 / 10, "noise: {zero} zeros of {}", a.len());
-        assert!(zero > a.len() * 3 / 10, "clamped negative noise: {zero} zeros");
-        assert!(dark > a.len() * 8 / 10, "mostly dark: {dark} of {}", a.len());
+        assert!(
+            zero < a.len() * 7 / 10,
+            "noise: {zero} zeros of {}",
+            a.len()
+        );
+        assert!(
+            zero > a.len() * 3 / 10,
+            "clamped negative noise: {zero} zeros"
+        );
+        assert!(
+            dark > a.len() * 8 / 10,
+            "mostly dark: {dark} of {}",
+            a.len()
+        );
         assert!(a.iter().any(|&p| p > 400), "has bright peaks");
         let mean_dark = a.iter().filter(|&&p| p < 6).map(|&p| p as f64).sum::<f64>() / dark as f64;
-        assert!((0.8..1.6).contains(&mean_dark), "half-Gaussian mean {mean_dark}");
+        assert!(
+            (0.8..1.6).contains(&mean_dark),
+            "half-Gaussian mean {mean_dark}"
+        );
     }
 
     #[test]

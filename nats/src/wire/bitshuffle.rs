@@ -69,7 +69,7 @@ enum Direction {
 }
 
 fn transform(data: &mut [u8], elem_size: usize, direction: Direction) -> Result<(), WireError> {
-    if elem_size == 0 || data.len() % elem_size != 0 {
+    if elem_size == 0 || !data.len().is_multiple_of(elem_size) {
         return Err(WireError::Invalid(format!(
             "bitshuffle: {} bytes are not a whole number of {elem_size}-byte elements",
             data.len()
@@ -235,7 +235,9 @@ fn rows_to_bits(rows: &[u8], plane: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn transpose_bits_x2(x: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m128i {
-    use std::arch::x86_64::{_mm_and_si128, _mm_set1_epi64x, _mm_slli_epi64, _mm_srli_epi64, _mm_xor_si128};
+    use std::arch::x86_64::{
+        _mm_and_si128, _mm_set1_epi64x, _mm_slli_epi64, _mm_srli_epi64, _mm_xor_si128,
+    };
     // SAFETY: value-only SSE2 intrinsics, see `rows_to_bits`.
     unsafe {
         let t = _mm_and_si128(
@@ -363,7 +365,9 @@ mod tests {
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 & if i % 3 == 0 { 0x0F } else { 0xFF })
+            .map(|i| {
+                (i.wrapping_mul(2_654_435_761) >> 7) as u8 & if i % 3 == 0 { 0x0F } else { 0xFF }
+            })
             .collect()
     }
 

@@ -46,7 +46,9 @@ pub fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>, String> {
         at += 2;
         let length = read_length(input, &mut at, usize::from(token & 15))? + 4;
         if offset == 0 || offset > pos {
-            return Err(format!("match offset {offset} outside the {pos} bytes decoded"));
+            return Err(format!(
+                "match offset {offset} outside the {pos} bytes decoded"
+            ));
         }
         if pos + length > size {
             return Err(format!("output exceeds the declared {size} bytes"));
@@ -160,7 +162,10 @@ mod tests {
         let data = vec![3u8; 5000];
         let compressed = lz4_flex::compress(&data);
         for cut in 0..compressed.len() {
-            assert!(decompress(&compressed[..cut], data.len()).is_err(), "cut {cut}");
+            assert!(
+                decompress(&compressed[..cut], data.len()).is_err(),
+                "cut {cut}"
+            );
         }
         assert!(decompress(&compressed, data.len() - 1).is_err());
         assert!(decompress(&compressed, data.len() + 1).is_err());
