@@ -118,7 +118,10 @@ async def pull(args):
     last_message = time.monotonic()
     while events < args.events and time.monotonic() - last_message < args.idle_timeout:
         try:
-            messages = await sub.fetch(args.batch, timeout=1)
+            # A full batch of detector frames is 100+ MB: give it time to arrive
+            # (fetch returns as soon as the batch is complete); messages that
+            # arrive after a fetch gave up would wait for redelivery.
+            messages = await sub.fetch(args.batch, timeout=5)
         except nats.errors.TimeoutError:
             continue
         for msg in messages:
