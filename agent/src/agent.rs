@@ -16,6 +16,7 @@ use crate::config::{AgentConfig, NatsConfig};
 use crate::hdf5_source::run_hdf5;
 use crate::metrics::{self, Metrics};
 use crate::process::Processor;
+use crate::psana_source::run_psana;
 use crate::publisher::{ensure_stream, Mode, Publisher};
 use crate::source::{run_synthetic, ReaderContext};
 use crate::spool::{Spool, SpoolOptions};
@@ -211,6 +212,8 @@ impl Agent {
                     run_hdf5(h, &ctx, resume, tx);
                 } else if let Some(s) = &source_config.synthetic {
                     run_synthetic(s, &ctx, resume, tx);
+                } else if let Some(p) = &source_config.psana {
+                    run_psana(p, source_config.run, &ctx, resume, tx);
                 }
             }));
             let sink = BatchSink {

@@ -317,6 +317,8 @@ pub struct SourceConfig {
     pub hdf5: Option<Hdf5Config>,
     /// Synthetic detector.
     pub synthetic: Option<SyntheticConfig>,
+    /// LCLS-II xtc2 run read through psana.
+    pub psana: Option<PsanaConfig>,
     /// Processing steps applied to every event.
     #[serde(default)]
     pub processing: ProcessingConfig,
@@ -326,7 +328,12 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// LCLS smalldata-like: per-shot scalars and `/jungfrau/image`.
+    /// The layout `lclstream sample` writes: per-shot scalars and `/jungfrau/image`.
+    Sample,
+    /// Files written by LCLS smalldata_tools: every per-event dataset
+    /// (`/ipm2/sum`, `/gas_detector/f_11_ENRC`, `/lightStatus/xray`,
+    /// `/<det>/ROI_0_area`, ...), time from `/timestamp` (psana2) or
+    /// `/event_time` (LCLS-I).
     Smalldata,
     /// CXI-like: `/entry_1/data_1/data` and peak tables.
     Cxi,
@@ -377,6 +384,56 @@ fn default_stable_ms() -> u64 {
 }
 fn default_read_chunk() -> usize {
     16
+}
+
+/// A run read through psana (LCLS-II xtc2) by the helper `agent/python/psana_events.py`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsanaConfig {
+    /// xtc2 files of the run (or `experiment` with `psana_run`).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// psana experiment name, e.g. `xpptut15` (with `psana_run`; psana finds the files).
+    pub experiment: Option<String>,
+    /// psana run number (default: the source's `run`).
+    pub psana_run: Option<u32>,
+    /// Directory of the experiment's xtc2 files (psana `dir`).
+    pub dir: Option<PathBuf>,
+    /// Detectors and the data taken from each.
+    pub fields: Vec<PsanaField>,
+    /// Python interpreter with psana installed; default `$LCLSTREAM_PSANA_PYTHON`, else `python3`.
+    pub python: Option<PathBuf>,
+    /// Read at most this many events.
+    pub max_events: Option<u64>,
+    /// Times a helper that died without an error report is restarted at the next event.
+    #[serde(default = "default_restarts")]
+    pub restarts: u32,
+    /// Skip psana's calibration database (offline reading); `calib` and `image`
+    /// then use no constants.
+    #[serde(default = "yes")]
+    pub skip_calib_load: bool,
+}
+
+fn default_restarts() -> u32 {
+    2
+}
+
+/// One detector datum taken from every psana event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsanaField {
+    /// Detector name (`run.detnames`), or an epics / scan variable name.
+    pub detector: String,
+    /// `raw`, `calib`, `image`, `waveforms`, `peaks`, `epics` (a PV or scan
+    /// variable), or a dotted method path such as `fex.calib`.
+    #[serde(default = "default_psana_data")]
+    pub data: String,
+    /// Event field name; default `<detector>_<data>` (the PV name for `epics`).
+    pub field: Option<String>,
+}
+
+fn default_psana_data() -> String {
+    "raw".into()
 }
 
 /// One dataset read as one event field.
@@ -550,6 +607,24 @@ impl AgentConfig {
             if !names.insert(s.name.clone()) {
                 return Err(format!("{at}: duplicate source name"));
             }
+            let kinds = [s.hdf5.is_some(), s.synthetic.is_some(), s.psana.is_some()];
+            if kinds.iter().filter(|b| **b).count() != 1 {
+                return Err(format!(
+                    "{at}: exactly one of [sources.hdf5], [sources.synthetic] and [sources.psana] is required"
+                ));
+            }
+            if let Some(p) = &s.psana {
+                if p.files.is_empty() == p.experiment.is_none() {
+                    return Err(format!(
+                        "{at}.psana: exactly one of `files` and `experiment` is required"
+                    ));
+                }
+                if p.fields.is_empty() {
+                    return Err(format!(
+                        "{at}.psana.fields: at least one detector is required"
+                    ));
+                }
+            }
             match (&s.hdf5, &s.synthetic) {
                 (Some(h), None) => {
                     let n = [h.file.is_some(), h.glob.is_some(), h.watch_dir.is_some()]
@@ -593,11 +668,7 @@ impl AgentConfig {
                         return Err(format!("{at}.synthetic.rate_hz must be >= 0"));
                     }
                 }
-                _ => {
-                    return Err(format!(
-                        "{at}: exactly one of [sources.hdf5] and [sources.synthetic] is required"
-                    ))
-                }
+                _ => {}
             }
             if let Some(d) = &s.processing.dtype {
                 if DType::parse(d).is_none() {
@@ -703,10 +774,13 @@ events = 10
     #[test]
     fn example_config_is_valid() {
         let config = AgentConfig::from_toml(include_str!("../agent.example.toml")).unwrap();
-        assert_eq!(config.sources.len(), 2);
+        assert_eq!(config.sources.len(), 3);
+        let psana = config.sources[1].psana.as_ref().unwrap();
+        assert_eq!(psana.fields[1].data, "fex.calib");
+        assert_eq!(psana.fields[2].field, None);
         assert_eq!(
             config.sources[0].hdf5.as_ref().unwrap().preset,
-            Some(Preset::Smalldata)
+            Some(Preset::Sample)
         );
         assert_eq!(config.stream_settings().name, "LCLS_MFX");
     }
@@ -740,7 +814,7 @@ events = 10
         let text = MINIMAL.replace("[sources.synthetic]\nevents = 10", "");
         let err = AgentConfig::from_toml(&text).unwrap_err().to_string();
         assert!(
-            err.contains("exactly one of [sources.hdf5] and [sources.synthetic]"),
+            err.contains("exactly one of [sources.hdf5], [sources.synthetic] and [sources.psana]"),
             "{err}"
         );
         let text = format!("{MINIMAL}\n[sources.processing]\ndtype = \"u12\"\n");

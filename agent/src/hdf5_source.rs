@@ -25,8 +25,11 @@ use crate::AgentError;
 pub struct Layout {
     /// Dataset-to-field mappings.
     pub fields: Vec<FieldMapping>,
-    /// Dataset of per-event timestamps (ns).
+    /// Dataset of per-event timestamps (ns since the Unix epoch).
     pub time_dataset: Option<String>,
+    /// Also read every other dataset of the file that has the event axis
+    /// (smalldata_tools files, whose detector names vary by experiment).
+    pub discover: bool,
 }
 
 fn map(dataset: &str, field: &str) -> FieldMapping {
@@ -36,11 +39,46 @@ fn map(dataset: &str, field: &str) -> FieldMapping {
     }
 }
 
+/// Time datasets of smalldata_tools files, in order of preference: psana2
+/// `timestamp` (seconds since 1990 << 32 | ns), LCLS-I `event_time`
+/// (Unix seconds << 32 | ns).
+const SMALLDATA_TIMES: [(&str, TimeFormat); 2] = [
+    ("/timestamp", TimeFormat::Psana2),
+    ("/event_time", TimeFormat::SecondsNanos),
+];
+
+/// Groups of smalldata_tools files that hold per-run configuration, not events.
+const SMALLDATA_NOT_EVENTS: [&str; 2] = ["/UserDataCfg", "/Sums"];
+
+/// How a time dataset encodes a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TimeFormat {
+    /// Nanoseconds since the Unix epoch.
+    UnixNs,
+    /// psana2: seconds since 1990-01-01 UTC in the upper 32 bits, ns in the lower.
+    Psana2,
+    /// LCLS-I `event_time`: Unix seconds in the upper 32 bits, ns in the lower.
+    SecondsNanos,
+}
+
+impl TimeFormat {
+    fn to_unix_ns(self, t: u64) -> u64 {
+        const EPICS_EPOCH_UNIX_S: u64 = 631_152_000;
+        match self {
+            TimeFormat::UnixNs => t,
+            TimeFormat::Psana2 => {
+                ((t >> 32) + EPICS_EPOCH_UNIX_S) * 1_000_000_000 + (t & 0xffff_ffff)
+            }
+            TimeFormat::SecondsNanos => (t >> 32) * 1_000_000_000 + (t & 0xffff_ffff),
+        }
+    }
+}
+
 impl Layout {
     /// The layout of a preset.
     pub fn preset(preset: Preset) -> Layout {
         match preset {
-            Preset::Smalldata => Layout {
+            Preset::Sample => Layout {
                 fields: vec![
                     map("/photon_energy_ev", "photon_energy_ev"),
                     map("/pulse_energy_mj", "pulse_energy_mj"),
@@ -48,6 +86,12 @@ impl Layout {
                     map("/jungfrau/image", "jungfrau"),
                 ],
                 time_dataset: Some("/timestamp_ns".into()),
+                discover: false,
+            },
+            Preset::Smalldata => Layout {
+                fields: Vec::new(),
+                time_dataset: None,
+                discover: true,
             },
             Preset::Cxi => Layout {
                 fields: vec![
@@ -58,6 +102,7 @@ impl Layout {
                     map("/entry_1/result_1/peakTotalIntensity", "peak_intensity"),
                 ],
                 time_dataset: None,
+                discover: false,
             },
         }
     }
@@ -68,6 +113,7 @@ impl Layout {
         let mut layout = config.preset.map(Layout::preset).unwrap_or(Layout {
             fields: Vec::new(),
             time_dataset: None,
+            discover: false,
         });
         for m in &config.fields {
             layout
@@ -82,11 +128,49 @@ impl Layout {
     }
 }
 
+/// The field name of a discovered dataset: its path without the leading `/`,
+/// with `/` replaced by `_` (`/ipm2/sum` -> `ipm2_sum`).
+pub fn discovered_field_name(dataset: &str) -> String {
+    dataset.trim_start_matches('/').replace('/', "_")
+}
+
+/// Every dataset under `group`, as absolute paths, in name order.
+fn all_datasets(group: &hdf5::Group, out: &mut Vec<String>) -> hdf5::Result<()> {
+    let mut names = group.member_names()?;
+    names.sort();
+    for name in names {
+        let path = if group.name() == "/" {
+            format!("/{name}")
+        } else {
+            format!("{}/{name}", group.name())
+        };
+        if let Ok(ds) = group.dataset(&name) {
+            drop(ds);
+            out.push(path);
+        } else if let Ok(g) = group.group(&name) {
+            all_datasets(&g, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// How a dataset's values are read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Element {
+    /// HDF5 booleans (h5py's enum): scalars stay booleans, arrays become `u8` 0/1.
     Bool,
+    /// Numbers, read as this wire type (float16 is widened to f32 by HDF5).
     Num(DType),
+    /// Strings (fixed or variable length, ASCII or UTF-8); per-event scalars only.
+    Text(StringKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StringKind {
+    FixedAscii(usize),
+    FixedUnicode(usize),
+    VarLenAscii,
+    VarLenUnicode,
 }
 
 struct Column {
@@ -103,7 +187,7 @@ pub struct Hdf5Reader {
     path: PathBuf,
     _file: File,
     columns: Vec<Column>,
-    time: Option<(String, Dataset)>,
+    time: Option<(String, Dataset, TimeFormat)>,
     events: u64,
 }
 
@@ -118,15 +202,23 @@ fn element_of(descriptor: &TypeDescriptor) -> Option<Element> {
         TypeDescriptor::Unsigned(IntSize::U2) => Element::Num(DType::U16),
         TypeDescriptor::Unsigned(IntSize::U4) => Element::Num(DType::U32),
         TypeDescriptor::Unsigned(IntSize::U8) => Element::Num(DType::U64),
+        TypeDescriptor::Float(FloatSize::U2) => Element::Num(DType::F32),
         TypeDescriptor::Float(FloatSize::U4) => Element::Num(DType::F32),
         TypeDescriptor::Float(FloatSize::U8) => Element::Num(DType::F64),
+        TypeDescriptor::FixedAscii(n) => Element::Text(StringKind::FixedAscii(*n)),
+        TypeDescriptor::FixedUnicode(n) => Element::Text(StringKind::FixedUnicode(*n)),
+        TypeDescriptor::VarLenAscii => Element::Text(StringKind::VarLenAscii),
+        TypeDescriptor::VarLenUnicode => Element::Text(StringKind::VarLenUnicode),
         _ => return None,
     })
 }
 
+/// Longest fixed-length string read, in bytes.
+const MAX_FIXED_STRING: usize = 4096;
+
 impl Hdf5Reader {
-    /// Opens `path` and checks every dataset of `layout`: present, numeric,
-    /// and all with the same number of events on axis 0.
+    /// Opens `path` and checks every dataset of `layout`: present, of a
+    /// supported type, and all with the same number of events on axis 0.
     pub fn open(path: &Path, layout: &Layout) -> Result<Hdf5Reader, AgentError> {
         let bad = |message: String| AgentError::Hdf5 {
             path: path.to_path_buf(),
@@ -135,14 +227,17 @@ impl Hdf5Reader {
         let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
         let mut columns = Vec::new();
         let mut events: Option<(u64, String)> = None;
-        let mut check_axis = |name: &str, shape: &[usize]| -> Result<(), AgentError> {
+        let check_axis = |events: &mut Option<(u64, String)>,
+                          name: &str,
+                          shape: &[usize]|
+         -> Result<(), AgentError> {
             let Some(&n) = shape.first() else {
                 return Err(bad(format!(
                     "dataset {name} is a scalar, not per-event data"
                 )));
             };
-            match &events {
-                None => events = Some((n as u64, name.to_string())),
+            match &*events {
+                None => *events = Some((n as u64, name.to_string())),
                 Some((m, other)) if *m != n as u64 => {
                     return Err(bad(format!(
                         "mismatched event axes: dataset {name} has {n} events on axis 0 but {other} has {m}"
@@ -152,7 +247,67 @@ impl Hdf5Reader {
             }
             Ok(())
         };
-        for m in &layout.fields {
+        // The time dataset first: in discovery mode it defines the event axis.
+        let time_choice: Vec<(String, TimeFormat)> = match &layout.time_dataset {
+            Some(name) => vec![(name.clone(), TimeFormat::UnixNs)],
+            None if layout.discover => SMALLDATA_TIMES
+                .iter()
+                .filter(|(n, _)| file.link_exists(n))
+                .take(1)
+                .map(|(n, f)| (n.to_string(), *f))
+                .collect(),
+            None => Vec::new(),
+        };
+        let time = match time_choice.into_iter().next() {
+            Some((name, format)) => {
+                let dataset = file
+                    .dataset(&name)
+                    .map_err(|e| bad(format!("missing time dataset {name}: {e}")))?;
+                let shape = dataset.shape();
+                if shape.len() != 1 {
+                    return Err(bad(format!(
+                        "time dataset {name} must be 1-D, it has shape {shape:?}"
+                    )));
+                }
+                check_axis(&mut events, &name, &shape)?;
+                Some((name, dataset, format))
+            }
+            None if layout.discover => {
+                return Err(bad(
+                    "no /timestamp or /event_time dataset: not a smalldata_tools file \
+                     (set `time_dataset` or use `fields`)"
+                        .into(),
+                ))
+            }
+            None => None,
+        };
+        let mut mappings: Vec<(FieldMapping, bool)> =
+            layout.fields.iter().map(|m| (m.clone(), false)).collect();
+        if layout.discover {
+            let mut found = Vec::new();
+            all_datasets(&file, &mut found)
+                .map_err(|e| bad(format!("cannot list datasets: {e}")))?;
+            let time_name = time.as_ref().map(|(n, _, _)| n.clone());
+            for dataset in found {
+                let configured = layout.fields.iter().any(|m| m.dataset == dataset);
+                let config_group = SMALLDATA_NOT_EVENTS
+                    .iter()
+                    .any(|g| dataset.starts_with(&format!("{g}/")));
+                if configured || config_group || Some(&dataset) == time_name.as_ref() {
+                    continue;
+                }
+                let field = discovered_field_name(&dataset);
+                if layout.fields.iter().any(|m| m.field == field) {
+                    continue;
+                }
+                mappings.push((map(&dataset, &field), true));
+            }
+            if let Some((name, _, _)) = &time {
+                // The raw timestamp stays available as a field.
+                mappings.push((map(name, &discovered_field_name(name)), true));
+            }
+        }
+        for (m, discovered) in &mappings {
             let dataset = file.dataset(&m.dataset).map_err(|e| {
                 bad(format!(
                     "missing dataset {} (field {}): {e}",
@@ -160,22 +315,50 @@ impl Hdf5Reader {
                 ))
             })?;
             let shape = dataset.shape();
-            check_axis(&m.dataset, &shape)?;
             let descriptor = dataset
                 .dtype()
                 .and_then(|t| t.to_descriptor())
-                .map_err(|e| bad(format!("dataset {}: unreadable type: {e}", m.dataset)))?;
-            let element = element_of(&descriptor).ok_or_else(|| {
-                bad(format!(
-                    "dataset {} (field {}) has unsupported type {descriptor:?}",
-                    m.dataset, m.field
-                ))
-            })?;
-            if element == Element::Bool && shape.len() > 1 {
-                return Err(bad(format!(
-                    "dataset {} (field {}): boolean arrays are not supported",
-                    m.dataset, m.field
-                )));
+                .map_err(|e| format!("dataset {}: unreadable type: {e}", m.dataset));
+            let element = descriptor.and_then(|d| {
+                element_of(&d).ok_or_else(|| {
+                    format!(
+                        "dataset {} (field {}) has unsupported type {d:?}",
+                        m.dataset, m.field
+                    )
+                })
+            });
+            if *discovered {
+                // Discovered datasets without the event axis or of other
+                // types are per-run data, not events: leave them out.
+                let per_event =
+                    matches!((&events, shape.first()), (Some((n, _)), Some(&m)) if *n == m as u64);
+                match &element {
+                    Ok(Element::Text(_)) if shape.len() > 1 => continue,
+                    Ok(_) if per_event => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), "{e}: not read");
+                        continue;
+                    }
+                }
+            }
+            let element = element.map_err(bad)?;
+            check_axis(&mut events, &m.dataset, &shape)?;
+            if let Element::Text(kind) = element {
+                if shape.len() > 1 {
+                    return Err(bad(format!(
+                        "dataset {} (field {}): string arrays are not supported, only one string per event",
+                        m.dataset, m.field
+                    )));
+                }
+                if let StringKind::FixedAscii(n) | StringKind::FixedUnicode(n) = kind {
+                    if n > MAX_FIXED_STRING {
+                        return Err(bad(format!(
+                            "dataset {} (field {}): strings of {n} bytes exceed {MAX_FIXED_STRING}",
+                            m.dataset, m.field
+                        )));
+                    }
+                }
             }
             columns.push(Column {
                 field: m.field.clone(),
@@ -185,22 +368,6 @@ impl Hdf5Reader {
                 event_shape: shape[1..].iter().map(|&d| d as u64).collect(),
             });
         }
-        let time = match &layout.time_dataset {
-            Some(name) => {
-                let dataset = file
-                    .dataset(name)
-                    .map_err(|e| bad(format!("missing time dataset {name}: {e}")))?;
-                let shape = dataset.shape();
-                if shape.len() != 1 {
-                    return Err(bad(format!(
-                        "time dataset {name} must be 1-D, it has shape {shape:?}"
-                    )));
-                }
-                check_axis(name, &shape)?;
-                Some((name.clone(), dataset))
-            }
-            None => None,
-        };
         let events = events.map(|(n, _)| n).unwrap_or(0);
         Ok(Hdf5Reader {
             path: path.to_path_buf(),
@@ -211,9 +378,49 @@ impl Hdf5Reader {
         })
     }
 
+    /// Names the plugin filters a dataset needs (HDF5's own error names only
+    /// the plugin directory it searched).
+    fn plugin_hint(&self, dataset: &str) -> String {
+        let Some(column) = self.columns.iter().find(|c| c.dataset_name == dataset) else {
+            return String::new();
+        };
+        let needed: Vec<String> = column
+            .dataset
+            .filters()
+            .iter()
+            .filter_map(|f| match f {
+                hdf5::filters::Filter::User(id, _) => Some(match id {
+                    32001 => "Blosc (32001)".to_string(),
+                    32004 => "LZ4 (32004)".to_string(),
+                    32008 => "bitshuffle (32008)".to_string(),
+                    32015 => "zstd (32015)".to_string(),
+                    32026 => "Blosc2 (32026)".to_string(),
+                    other => format!("filter {other}"),
+                }),
+                _ => None,
+            })
+            .collect();
+        if needed.is_empty() {
+            return String::new();
+        }
+        format!(
+            " (the dataset is compressed with {}: install the Python package hdf5plugin and set \
+             HDF5_PLUGIN_PATH to its PLUGINS_PATH, see docs/operators.md)",
+            needed.join(", ")
+        )
+    }
+
     /// Number of events in the file.
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// The fields read, in order (with discovered datasets).
+    pub fn fields(&self) -> Vec<(String, String)> {
+        self.columns
+            .iter()
+            .map(|c| (c.dataset_name.clone(), c.field.clone()))
+            .collect()
     }
 
     /// Reads events `start..end` (file-local) as events with `index` set from `first_index`.
@@ -232,21 +439,24 @@ impl Hdf5Reader {
         let range = start as usize..end as usize;
         let bad = |name: &str, e: hdf5::Error| AgentError::Hdf5 {
             path: self.path.clone(),
-            message: format!("reading events {start}..{end} of dataset {name}: {e}"),
+            message: format!(
+                "reading events {start}..{end} of dataset {name}: {e}{}",
+                self.plugin_hint(name)
+            ),
         };
-        if let Some((name, dataset)) = &self.time {
+        if let Some((name, dataset, format)) = &self.time {
             let times = dataset
                 .read_slice::<u64, _, IxDyn>(range.clone())
                 .map_err(|e| bad(name, e))?;
             for (event, t) in events.iter_mut().zip(times.iter()) {
-                event.time_ns = *t;
+                event.time_ns = format.to_unix_ns(*t);
             }
         }
         for column in &self.columns {
             let ds = &column.dataset;
             let name = &column.dataset_name;
             match column.element {
-                Element::Bool => {
+                Element::Bool if column.event_shape.is_empty() => {
                     let values = ds
                         .read_slice::<bool, _, IxDyn>(range.clone())
                         .map_err(|e| bad(name, e))?;
@@ -254,19 +464,40 @@ impl Hdf5Reader {
                         event.scalars.insert(column.field.clone(), Scalar::Bool(*v));
                     }
                 }
+                Element::Bool => {
+                    let values = ds
+                        .read_slice::<bool, _, IxDyn>(event_selection(ds, range.clone()))
+                        .map_err(|e| bad(name, e))?;
+                    let values = values.as_standard_layout();
+                    let flat = values.as_slice().expect("standard layout");
+                    let per_event = flat.len() / n;
+                    for (i, event) in events.iter_mut().enumerate() {
+                        let bytes = flat[i * per_event..(i + 1) * per_event]
+                            .iter()
+                            .map(|b| *b as u8)
+                            .collect();
+                        let array = Array::new(DType::U8, column.event_shape.clone(), bytes)
+                            .map_err(|e| AgentError::Hdf5 {
+                                path: self.path.clone(),
+                                message: format!("dataset {name}: {e}"),
+                            })?;
+                        event.arrays.insert(column.field.clone(), array);
+                    }
+                }
+                Element::Text(kind) => {
+                    let values = read_strings(ds, kind, range.clone()).map_err(|e| bad(name, e))?;
+                    for (event, v) in events.iter_mut().zip(values) {
+                        event.scalars.insert(column.field.clone(), Scalar::Text(v));
+                    }
+                }
                 Element::Num(dtype) => {
                     let per_event =
                         read_le_bytes(ds, dtype, range.clone(), n).map_err(|e| bad(name, e))?;
-                    for ((i, event), chunk) in events.iter_mut().enumerate().zip(per_event) {
+                    for (event, chunk) in events.iter_mut().zip(per_event) {
                         if column.event_shape.is_empty() {
-                            let scalar = scalar_of(dtype, &chunk).ok_or_else(|| AgentError::Hdf5 {
-                                path: self.path.clone(),
-                                message: format!(
-                                    "dataset {name}: value of event {} does not fit a signed 64-bit integer",
-                                    start + i as u64
-                                ),
-                            })?;
-                            event.scalars.insert(column.field.clone(), scalar);
+                            event
+                                .scalars
+                                .insert(column.field.clone(), scalar_of(dtype, &chunk));
                         } else {
                             let array = Array::new(dtype, column.event_shape.clone(), chunk)
                                 .map_err(|e| AgentError::Hdf5 {
@@ -281,6 +512,35 @@ impl Hdf5Reader {
         }
         Ok(events)
     }
+}
+
+/// Reads events `range` of a 1-D string dataset.
+fn read_strings(
+    ds: &Dataset,
+    kind: StringKind,
+    range: std::ops::Range<usize>,
+) -> hdf5::Result<Vec<String>> {
+    use hdf5::types::{FixedAscii, FixedUnicode, VarLenAscii, VarLenUnicode};
+    macro_rules! read {
+        ($t:ty) => {
+            ds.read_slice::<$t, _, IxDyn>(range)?
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect()
+        };
+    }
+    // HDF5 converts fixed-length strings to a longer fixed length (padding);
+    // the reader picks the smallest buffer that holds them.
+    Ok(match kind {
+        StringKind::VarLenAscii => read!(VarLenAscii),
+        StringKind::VarLenUnicode => read!(VarLenUnicode),
+        StringKind::FixedAscii(n) if n <= 64 => read!(FixedAscii<64>),
+        StringKind::FixedAscii(n) if n <= 512 => read!(FixedAscii<512>),
+        StringKind::FixedAscii(_) => read!(FixedAscii<MAX_FIXED_STRING>),
+        StringKind::FixedUnicode(n) if n <= 64 => read!(FixedUnicode<64>),
+        StringKind::FixedUnicode(n) if n <= 512 => read!(FixedUnicode<512>),
+        StringKind::FixedUnicode(_) => read!(FixedUnicode<MAX_FIXED_STRING>),
+    })
 }
 
 /// A hyperslab of events `range` on axis 0 and every element on the other axes.
@@ -334,19 +594,33 @@ fn read_le_bytes(
     })
 }
 
-fn scalar_of(dtype: DType, b: &[u8]) -> Option<Scalar> {
-    Some(match dtype {
+fn scalar_of(dtype: DType, b: &[u8]) -> Scalar {
+    let bytes8 = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        a
+    };
+    let bytes4 = |b: &[u8]| {
+        let mut a = [0u8; 4];
+        a[..b.len()].copy_from_slice(b);
+        a
+    };
+    match dtype {
         DType::U8 => Scalar::Int(b[0] as i64),
         DType::I8 => Scalar::Int(b[0] as i8 as i64),
-        DType::U16 => Scalar::Int(u16::from_le_bytes(b.try_into().ok()?) as i64),
-        DType::I16 => Scalar::Int(i16::from_le_bytes(b.try_into().ok()?) as i64),
-        DType::U32 => Scalar::Int(u32::from_le_bytes(b.try_into().ok()?) as i64),
-        DType::I32 => Scalar::Int(i32::from_le_bytes(b.try_into().ok()?) as i64),
-        DType::U64 => Scalar::Int(i64::try_from(u64::from_le_bytes(b.try_into().ok()?)).ok()?),
-        DType::I64 => Scalar::Int(i64::from_le_bytes(b.try_into().ok()?)),
-        DType::F32 => Scalar::Float(f32::from_le_bytes(b.try_into().ok()?) as f64),
-        DType::F64 => Scalar::Float(f64::from_le_bytes(b.try_into().ok()?)),
-    })
+        DType::U16 => Scalar::Int(u16::from_le_bytes([b[0], b[1]]) as i64),
+        DType::I16 => Scalar::Int(i16::from_le_bytes([b[0], b[1]]) as i64),
+        DType::U32 => Scalar::Int(u32::from_le_bytes(bytes4(b)) as i64),
+        DType::I32 => Scalar::Int(i32::from_le_bytes(bytes4(b)) as i64),
+        DType::U64 => {
+            let v = u64::from_le_bytes(bytes8(b));
+            // Values above i64::MAX keep their exact value as unsigned.
+            i64::try_from(v).map_or(Scalar::UInt(v), Scalar::Int)
+        }
+        DType::I64 => Scalar::Int(i64::from_le_bytes(bytes8(b))),
+        DType::F32 => Scalar::Float32(f32::from_le_bytes(bytes4(b))),
+        DType::F64 => Scalar::Float(f64::from_le_bytes(bytes8(b))),
+    }
 }
 
 fn path_key(path: &Path) -> String {
@@ -483,6 +757,10 @@ pub fn run_hdf5(
         next_index: resume.as_ref().map(|p| p.next_index).unwrap_or(0),
         resume,
     };
+    // Files read and files skipped by this run, and the last skip's error.
+    let mut read_ok = 0u64;
+    let mut skipped = 0u64;
+    let mut last_error: Option<String> = None;
     let mut process = |path: &Path, cursor: &mut Cursor| -> bool {
         let key = path_key(path);
         let Some(start) = cursor.start_of(&key) else {
@@ -490,6 +768,7 @@ pub fn run_hdf5(
         };
         match read_file(path, start, &layout, config, ctx, cursor, &tx) {
             FileOutcome::Done => {
+                read_ok += 1;
                 ctx.metrics
                     .files_done
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -508,6 +787,8 @@ pub fn run_hdf5(
                     file_event: u64::MAX,
                     next_index: cursor.next_index,
                 });
+                skipped += 1;
+                last_error = Some(e.to_string());
                 handle_failure(e, config, ctx, &tx)
             }
         }
@@ -533,6 +814,17 @@ pub fn run_hdf5(
         if ctx.stopping() || !process(&file, &mut cursor) {
             return;
         }
+    }
+    if read_ok == 0 && skipped > 0 {
+        // Nothing was read: a run of only bad files is a failure, not a success.
+        let _ = tx.send(SourceMessage::Failed(AgentError::Source {
+            source_name: ctx.name.clone(),
+            message: format!(
+                "every file was skipped ({skipped}); the last error: {}",
+                last_error.unwrap_or_default()
+            ),
+        }));
+        return;
     }
     let _ = tx.send(SourceMessage::Done);
 }
@@ -597,11 +889,11 @@ mod tests {
     use crate::sample::{write_sample, SampleSpec};
 
     #[test]
-    fn reads_smalldata_in_chunks_with_every_field() {
+    fn reads_the_sample_layout_in_chunks_with_every_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.h5");
-        write_sample(&path, &SampleSpec::new(Preset::Smalldata, 20)).unwrap();
-        let reader = Hdf5Reader::open(&path, &Layout::preset(Preset::Smalldata)).unwrap();
+        write_sample(&path, &SampleSpec::new(Preset::Sample, 20)).unwrap();
+        let reader = Hdf5Reader::open(&path, &Layout::preset(Preset::Sample)).unwrap();
         assert_eq!(reader.events(), 20);
         let events = reader.read(5, 9, 100).unwrap();
         assert_eq!(events.len(), 4);
@@ -640,7 +932,7 @@ mod tests {
     fn missing_dataset_and_mismatched_axes_name_the_file_and_dataset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.h5");
-        write_sample(&path, &SampleSpec::new(Preset::Smalldata, 4)).unwrap();
+        write_sample(&path, &SampleSpec::new(Preset::Sample, 4)).unwrap();
         let err = Hdf5Reader::open(&path, &Layout::preset(Preset::Cxi))
             .err()
             .unwrap()
@@ -656,7 +948,7 @@ mod tests {
             .create("short")
             .unwrap();
         drop(file);
-        let mut layout = Layout::preset(Preset::Smalldata);
+        let mut layout = Layout::preset(Preset::Sample);
         layout.fields.push(map("/short", "short"));
         let err = Hdf5Reader::open(&path, &layout).err().unwrap().to_string();
         assert!(err.contains("mismatched event axes"), "{err}");
@@ -668,7 +960,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.h5");
         std::fs::write(&path, b"this is not an HDF5 file").unwrap();
-        let err = Hdf5Reader::open(&path, &Layout::preset(Preset::Smalldata))
+        let err = Hdf5Reader::open(&path, &Layout::preset(Preset::Sample))
             .err()
             .unwrap()
             .to_string();

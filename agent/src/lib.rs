@@ -1,7 +1,7 @@
 //! The lclstream facility agent.
 //!
 //! Reads detector events from HDF5 files (one file, a glob, or a watched
-//! directory) or from a synthetic detector, processes them, batches them,
+//! directory), from LCLS-II xtc2 runs through psana, or from a synthetic detector, processes them, batches them,
 //! encodes them with the wire format, appends them to a write-ahead
 //! [`spool`] and publishes them into JetStream with pipelined acks.
 //!
@@ -21,6 +21,7 @@ pub mod config;
 pub mod hdf5_source;
 pub mod metrics;
 pub mod process;
+pub mod psana_source;
 pub mod publisher;
 pub mod sample;
 pub mod source;

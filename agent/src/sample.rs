@@ -16,7 +16,7 @@ use crate::AgentError;
 /// Most peaks stored per event in the CXI peak tables.
 pub const CXI_MAX_PEAKS: usize = 64;
 
-/// First timestamp written into smalldata samples (ns since the epoch).
+/// First timestamp written into sample-layout files (ns since the epoch).
 pub const SAMPLE_EPOCH_NS: u64 = 1_700_000_000_000_000_000;
 
 /// Events written per HDF5 write call.
@@ -69,9 +69,18 @@ pub fn write_sample(path: &Path, spec: &SampleSpec) -> Result<(), AgentError> {
         peaks: 8,
         ..Default::default()
     };
+    if spec.layout == Preset::Smalldata {
+        return Err(AgentError::Hdf5 {
+            path: path.to_path_buf(),
+            message: "samples are written in the `sample` and `cxi` layouts; the `smalldata` \
+                      preset reads files written by LCLS smalldata_tools"
+                .into(),
+        });
+    }
     let file = File::create(path).map_err(err)?;
     match spec.layout {
-        Preset::Smalldata => write_smalldata(&file, &model, spec.events).map_err(err)?,
+        Preset::Smalldata => {}
+        Preset::Sample => write_jungfrau_layout(&file, &model, spec.events).map_err(err)?,
         Preset::Cxi => write_cxi(&file, &model, spec.events).map_err(err)?,
     }
     file.flush().map_err(err)?;
@@ -85,7 +94,7 @@ fn chunks(n: u64) -> impl Iterator<Item = (usize, usize)> {
         .map(move |a| (a, (a + WRITE_CHUNK).min(n as usize)))
 }
 
-fn write_smalldata(file: &File, model: &DetectorModel, n: u64) -> hdf5::Result<()> {
+fn write_jungfrau_layout(file: &File, model: &DetectorModel, n: u64) -> hdf5::Result<()> {
     let (h, w) = (model.height as usize, model.width as usize);
     let nn = n as usize;
     let timestamps: Array1<u64> = (0..n).map(|i| SAMPLE_EPOCH_NS + i * 8_333_333).collect();

@@ -30,7 +30,7 @@ pub enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run the facility agent: read events, batch, encode and publish into JetStream.
     Agent(commands::agent::AgentArgs),
-    /// Write sample HDF5 runs (smalldata-like or CXI-like layouts).
+    /// Write sample HDF5 runs (the sample layout or a CXI-like one).
     Sample(commands::sample::SampleArgs),
     /// Run the gateway: auth callout, data requests, quotas and audit.
     Gateway(commands::gateway::GatewayArgs),

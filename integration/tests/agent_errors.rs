@@ -17,7 +17,7 @@ name = "jungfrau"
 run = 1
 [sources.hdf5]
 glob = "{glob}"
-preset = "smalldata"
+preset = "sample"
 on_error = "{on_error}"
 {extra}
 "#
@@ -74,6 +74,28 @@ async fn corrupt_and_truncated_files_are_skipped_or_stop_the_agent() {
         &stream["lcls.mfx.mfxp1234.2.jungfrau"],
         20
     ));
+
+    // skip, with every file bad: nothing was read, and the run fails.
+    let spool = tempfile::tempdir().unwrap();
+    let bad_only = format!("{}/r0007-s01*.h5", data.path().display());
+    let mut bad_config = agent_support::config(
+        &server.url(),
+        spool.path(),
+        &hdf5_source(&bad_only, "skip", ""),
+    );
+    bad_config.sources[0].run = 3;
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        Agent::new(bad_config).run(std::future::pending()),
+    )
+    .await
+    .expect("finishes")
+    .expect_err("a run of only skipped files fails")
+    .to_string();
+    assert!(
+        err.contains("every file was skipped (2)") && err.contains("r0007-s01"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

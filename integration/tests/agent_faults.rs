@@ -90,7 +90,7 @@ name = "jungfrau"
 run = 9
 [sources.hdf5]
 glob = "{}/*.h5"
-preset = "smalldata"
+preset = "sample"
 read_chunk_events = 4
 
 [[sources]]
@@ -160,7 +160,7 @@ events = 750
     let stream = read_stream(&server.url(), "LCLS_MFX").await;
     let jungfrau = &stream["lcls.mfx.mfxp1234.9.jungfrau"];
     assert!(assert_exactly_once(jungfrau, 180), "jungfrau in order");
-    let expected = expected_events(&files, &Layout::preset(Preset::Smalldata));
+    let expected = expected_events(&files, &Layout::preset(Preset::Sample));
     let got: Vec<_> = jungfrau
         .iter()
         .flat_map(|b| b.events.iter().cloned())

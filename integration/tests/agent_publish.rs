@@ -30,7 +30,7 @@ name = "jungfrau"
 run = 7
 [sources.hdf5]
 glob = "{}/*.h5"
-preset = "smalldata"
+preset = "sample"
 read_chunk_events = 7
 "#,
         data.path().display()
@@ -53,7 +53,7 @@ read_chunk_events = 7
     let batches = &stream["lcls.mfx.mfxp1234.7.jungfrau"];
     assert!(batches.len() >= 150 / 16, "{} batches", batches.len());
     assert!(assert_exactly_once(batches, 150), "events out of order");
-    let expected = expected_events(&files, &Layout::preset(Preset::Smalldata));
+    let expected = expected_events(&files, &Layout::preset(Preset::Sample));
     let got: Vec<_> = batches
         .iter()
         .flat_map(|b| b.events.iter().cloned())

@@ -34,7 +34,7 @@ watch_dir = "{}"
 pattern = "*.h5"
 poll_ms = 50
 stable_ms = 200
-preset = "smalldata"
+preset = "sample"
 "#,
         watched.display()
     );
@@ -51,7 +51,7 @@ preset = "smalldata"
         let name = format!("r0011-s{i:02}.h5");
         let spec = SampleSpec {
             seed: i,
-            ..SampleSpec::new(Preset::Smalldata, events)
+            ..SampleSpec::new(Preset::Sample, events)
         };
         // Written elsewhere, then moved in: the watcher sees whole files.
         // (A file written in place is taken once its size stops changing.)
@@ -106,6 +106,6 @@ preset = "smalldata"
         .collect();
     assert_eq!(
         got,
-        expected_events(&files, &Layout::preset(Preset::Smalldata))
+        expected_events(&files, &Layout::preset(Preset::Sample))
     );
 }

@@ -82,7 +82,8 @@ fn check(command: &str, doc: &Path) -> Result<(), String> {
             continue;
         }
         let runs_file = match first.as_str() {
-            "python3" => words.get(1),
+            // `python3 -m module` and `python3 -c code` run no file of the repository.
+            "python3" => words.get(1).filter(|w| !w.starts_with('-')),
             path if path.starts_with("scripts/") || path.starts_with(".ci/") => Some(first),
             _ => None,
         };

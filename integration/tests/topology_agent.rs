@@ -57,7 +57,7 @@ name = "jungfrau"
 run = {RUN}
 [sources.hdf5]
 glob = "{}/*.h5"
-preset = "smalldata"
+preset = "sample"
 read_chunk_events = 4
 
 [[sources]]

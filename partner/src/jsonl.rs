@@ -34,7 +34,9 @@ pub fn event_line(batch: &BatchInfo, event: &Event) -> Value {
             let v = match v {
                 Scalar::Bool(b) => json!(b),
                 Scalar::Int(i) => json!(i),
+                Scalar::UInt(u) => json!(u),
                 Scalar::Float(f) => json!(f),
+                Scalar::Float32(f) => json!(f),
                 Scalar::Text(t) => json!(t),
             };
             (k.clone(), v)

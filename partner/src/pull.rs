@@ -261,9 +261,21 @@ impl PartnerClient {
                 }
                 let written = fresh.len() as u64;
                 if written > 0 {
-                    sink.write(&batch_info, fresh)
-                        .and_then(|_| sink.flush())
-                        .map_err(|e| PartnerError::Sink(format!("{e:#}")))?;
+                    if let Err(e) = sink.write(&batch_info, fresh).and_then(|_| sink.flush()) {
+                        // Hand the batch back at once (a rerun gets it again and
+                        // reports the same error, never "complete") and stop:
+                        // retrying here would fail the same way forever.
+                        for m in messages.iter().chain(held.values().flatten()) {
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                        }
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+                        return Err(PartnerError::Sink(format!(
+                            "batch {id} (stream sequence {sequence}, {}) cannot be written: {e:#}; \
+                             it was handed back and is delivered again on the next pull",
+                            batch_info.subject
+                        )));
+                    }
                 }
                 summary.events += written;
                 if complete {

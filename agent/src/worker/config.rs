@@ -6,7 +6,7 @@ use std::time::Duration;
 use lclstream_nats::subjects::validate_token;
 use serde::Deserialize;
 
-use crate::config::{FieldMapping, Hdf5Config, NatsConfig, OnError, Preset};
+use crate::config::{FieldMapping, Hdf5Config, NatsConfig, OnError, Preset, PsanaConfig};
 use crate::AgentError;
 
 /// The whole worker configuration.
@@ -67,6 +67,10 @@ pub struct StorageConfig {
     /// Most events read per second by one job (0: no limit), to spare shared storage.
     #[serde(default)]
     pub max_events_per_sec: f64,
+    /// The run's files are LCLS-II xtc2, read through psana with these
+    /// detectors and fields (`files` and `experiment` stay unset: the files
+    /// are the run's `pattern` matches).
+    pub psana: Option<PsanaConfig>,
 }
 
 fn default_pattern() -> String {
@@ -175,8 +179,19 @@ impl WorkerConfig {
             return Err("concurrency must be between 1 and 64".into());
         }
         let s = &self.storage;
-        if s.preset.is_none() && s.fields.is_empty() {
-            return Err("storage: `preset` or `fields` is required".into());
+        match &s.psana {
+            Some(p) => {
+                if !p.files.is_empty() || p.experiment.is_some() {
+                    return Err("storage.psana: `files` and `experiment` come from storage.pattern; remove them".into());
+                }
+                if p.fields.is_empty() {
+                    return Err("storage.psana.fields: at least one detector is required".into());
+                }
+            }
+            None if s.preset.is_none() && s.fields.is_empty() => {
+                return Err("storage: `preset`, `fields` or [storage.psana] is required".into());
+            }
+            None => {}
         }
         if s.read_chunk_events == 0 {
             return Err("storage.read_chunk_events must be positive".into());
@@ -271,7 +286,7 @@ mod tests {
 instruments = ["mfx"]
 [storage]
 root = "/data"
-preset = "smalldata"
+preset = "sample"
 "#;
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::config::WorkerConfig;
 use crate::batcher::Batcher;
-use crate::config::{BatchConfig, ProcessingConfig};
+use crate::config::{BatchConfig, ProcessingConfig, PsanaConfig};
 use crate::hdf5_source::{Hdf5Reader, Layout};
 use crate::process::Processor;
 use crate::spool::Position;
@@ -180,6 +180,73 @@ fn read_all(
     }
 }
 
+/// Reads every run of the plan through psana, processed, into `tx` (a blocking thread).
+/// A run's files are one psana DataSource; its event index is psana's.
+fn read_all_psana(
+    plan: Vec<(u32, Vec<PathBuf>)>,
+    psana: PsanaConfig,
+    rate: f64,
+    range: Option<EventRange>,
+    processor: Processor,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<Item>,
+) {
+    let send = |item: Item| tx.blocking_send(item).is_ok();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for (run, files) in plan {
+        let n_files = files.len();
+        let config = PsanaConfig {
+            files,
+            max_events: range.map(|r| r.last.saturating_add(1)),
+            ..psana.clone()
+        };
+        let start = range.map(|r| r.first).unwrap_or(0);
+        let mut failed = None;
+        let mut deliver = |mut event: Event| {
+            if rate > 0.0 {
+                let due = started + std::time::Duration::from_secs_f64(sent as f64 / rate);
+                while Instant::now() < due {
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    std::thread::sleep(
+                        (due - Instant::now()).min(std::time::Duration::from_millis(50)),
+                    );
+                }
+            }
+            sent += 1;
+            if let Err(e) = processor.apply(&mut event) {
+                failed = Some(format!("run {run}: processing {e}"));
+                return false;
+            }
+            send(Item::Event(run, Box::new(event)))
+        };
+        let stopping = || stop.load(Ordering::Relaxed);
+        match crate::psana_source::read_events(&config, run, start, &stopping, &mut deliver) {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(e) = failed {
+                    send(Item::Failed(e));
+                }
+                return;
+            }
+            Err(e) => {
+                send(Item::Failed(format!("run {run}: {e}")));
+                return;
+            }
+        }
+        for _ in 0..n_files {
+            if !send(Item::FileDone) {
+                return;
+            }
+        }
+        if !send(Item::RunEnd(run)) {
+            return;
+        }
+    }
+}
+
 /// Runs one job to its end; the record and status are updated on the way.
 pub struct JobRun<'a> {
     /// Worker configuration.
@@ -306,7 +373,8 @@ impl JobRun<'_> {
         };
         let layout = Layout::from_config(&config.hdf5_layout_config());
         let range = request.events;
-        {
+        // psana runs are counted only by reading them: their total stays unknown.
+        if config.storage.psana.is_none() {
             let (layout, plan) = (layout.clone(), plan.clone());
             let counted =
                 tokio::task::spawn_blocking(move || count_events(&layout, &plan, range)).await;
@@ -334,8 +402,10 @@ impl JobRun<'_> {
             let stop = stop.clone();
             let chunk = config.storage.read_chunk_events as u64;
             let rate = config.storage.max_events_per_sec;
-            tokio::task::spawn_blocking(move || {
-                read_all(plan, layout, chunk, rate, range, processor, stop, tx)
+            let psana = config.storage.psana.clone();
+            tokio::task::spawn_blocking(move || match psana {
+                Some(psana) => read_all_psana(plan, psana, rate, range, processor, stop, tx),
+                None => read_all(plan, layout, chunk, rate, range, processor, stop, tx),
             })
         };
         let limits = BatchConfig {

@@ -290,7 +290,7 @@ async fn run_phases(args: &DemoArgs, dir: &Path, world: &World) -> anyhow::Resul
     let spec = SampleSpec {
         height: args.height,
         width: args.width,
-        ..SampleSpec::new(Preset::Smalldata, args.events)
+        ..SampleSpec::new(Preset::Sample, args.events)
     };
     write_sample(&sample_path, &spec)?;
     let sample = format!(
@@ -313,7 +313,7 @@ async fn run_phases(args: &DemoArgs, dir: &Path, world: &World) -> anyhow::Resul
     let agent_config = world.agent_config(
         dir,
         &format!(
-            "[[sources]]\nname = \"jungfrau\"\nrun = {BACKFILL_RUN}\n[sources.hdf5]\nfile = \"{}\"\npreset = \"smalldata\"\non_error = \"stop\"\n",
+            "[[sources]]\nname = \"jungfrau\"\nrun = {BACKFILL_RUN}\n[sources.hdf5]\nfile = \"{}\"\npreset = \"sample\"\non_error = \"stop\"\n",
             sample_path.display()
         ),
     )?;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lclstream_partner::hdf5_sink::Hdf5Sink;
+use lclstream_partner::hdf5_sink::{Hdf5Compression, Hdf5Sink};
 use lclstream_partner::jsonl::JsonlSink;
 use lclstream_partner::{
     DatasetRequest, End, EventSink, PartnerClient, PartnerConfig, PullOptions, Start,
@@ -43,6 +43,10 @@ pub struct PullArgs {
     /// Write events to this HDF5 file (events already in it are skipped).
     #[arg(long, conflicts_with = "jsonl")]
     hdf5: Option<PathBuf>,
+    /// Compression of new HDF5 datasets: gzip (shuffle + deflate level 4),
+    /// gzip:1 to gzip:9, lzf, or none.
+    #[arg(long, default_value = "gzip", requires = "hdf5")]
+    hdf5_compression: Hdf5Compression,
     /// Write JSON lines (scalars; arrays as dtype and shape) to stdout, or to
     /// FILE (events already in it are skipped).
     #[arg(long, num_args = 0..=1, default_missing_value = "-")]
@@ -108,7 +112,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
         label: args.label.clone(),
     };
     let mut sink: Box<dyn EventSink> = match (&args.hdf5, args.jsonl.as_deref()) {
-        (Some(path), _) => Box::new(Hdf5Sink::open(path)?),
+        (Some(path), _) => Box::new(Hdf5Sink::open_with(path, args.hdf5_compression)?),
         (None, Some("-")) | (None, None) => Box::new(JsonlSink::stdout()),
         (None, Some(path)) => Box::new(JsonlSink::open(path.as_ref())?),
     };

@@ -8,8 +8,8 @@ use lclstream_agent::sample::{write_sample, SampleSpec};
 /// File layout of a sample.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Layout {
-    /// LCLS smalldata-like: per-shot scalars and /jungfrau/image [N,H,W] u16.
-    Smalldata,
+    /// Per-shot scalars and /jungfrau/image [N,H,W] u16 (agent `preset = "sample"`).
+    Sample,
     /// CXI-like: /entry_1/data_1/data [N,H,W] and peak tables.
     Cxi,
 }
@@ -18,7 +18,7 @@ pub enum Layout {
 #[derive(clap::Args)]
 pub struct SampleArgs {
     /// Layout of the file.
-    #[arg(long, value_enum, default_value = "smalldata")]
+    #[arg(long, value_enum, default_value = "sample")]
     pub layout: Layout,
     /// Number of events.
     #[arg(long, default_value_t = 100)]
@@ -41,7 +41,7 @@ pub struct SampleArgs {
 pub async fn run(args: SampleArgs) -> anyhow::Result<()> {
     let spec = SampleSpec {
         layout: match args.layout {
-            Layout::Smalldata => Preset::Smalldata,
+            Layout::Sample => Preset::Sample,
             Layout::Cxi => Preset::Cxi,
         },
         events: args.events,

@@ -46,7 +46,7 @@ pub fn config(url: &str, spool: &Path, sources: &str) -> AgentConfig {
     AgentConfig::from_toml(&format!("{}{sources}", config_head(url, spool))).expect("valid config")
 }
 
-/// Writes `files` smalldata sample files of `events` events each into `dir`.
+/// Writes `files` sample-layout files of `events` events each into `dir`.
 pub fn write_run(dir: &Path, files: usize, events: u64, side: u64) -> Vec<std::path::PathBuf> {
     (0..files)
         .map(|i| {
@@ -55,7 +55,7 @@ pub fn write_run(dir: &Path, files: usize, events: u64, side: u64) -> Vec<std::p
                 height: side,
                 width: side,
                 seed: 100 + i as u64,
-                ..SampleSpec::new(Preset::Smalldata, events)
+                ..SampleSpec::new(Preset::Sample, events)
             };
             write_sample(&path, &spec).expect("sample written");
             path

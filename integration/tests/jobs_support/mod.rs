@@ -53,7 +53,7 @@ pub async fn write_run(root: &Path, experiment: &str, run: u32, events: &[u64]) 
         .enumerate()
         .map(|(k, &n)| {
             let path = dir.join(format!("run{run:04}-s{k:02}.h5"));
-            let mut spec = SampleSpec::new(Preset::Smalldata, n);
+            let mut spec = SampleSpec::new(Preset::Sample, n);
             spec.seed = k as u64 + 1;
             write_sample(&path, &spec).expect("sample written");
             path
@@ -71,7 +71,7 @@ instruments = ["mfx"]
 url = "{url}"
 [storage]
 root = "{}"
-preset = "smalldata"
+preset = "sample"
 read_chunk_events = 4
 max_events_per_sec = {rate:.1}
 [queue]

@@ -51,17 +51,58 @@ pub struct Event {
 }
 
 /// A scalar value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Scalar {
     /// A boolean.
     Bool(bool),
-    /// A signed integer (unsigned values above `i64::MAX` are not supported).
+    /// A signed integer.
     Int(i64),
+    /// An unsigned integer above `i64::MAX` (smaller values are `Int`).
+    UInt(u64),
     /// A 64-bit float.
     Float(f64),
     /// A UTF-8 string.
     Text(String),
+    /// A 32-bit float (a MessagePack float 32; decoders without this variant
+    /// read it as a 64-bit float, exactly).
+    Float32(f32),
+}
+
+// By hand rather than `untagged`: an untagged enum would read a MessagePack
+// float 32 as whichever float variant comes first, losing the type.
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
+        struct ScalarVisitor;
+        impl serde::de::Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a boolean, integer, float or string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(i64::try_from(v).map_or(Scalar::UInt(v), Scalar::Int))
+            }
+            fn visit_f32<E>(self, v: f32) -> Result<Scalar, E> {
+                Ok(Scalar::Float32(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
 }
 
 /// Element type of an [`Array`], named as numpy names it (`np.dtype("<u2")`).

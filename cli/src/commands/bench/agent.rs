@@ -225,7 +225,7 @@ async fn hand_written_publish(
     let started = Instant::now();
     let reader = tokio::task::spawn_blocking(move || {
         let run = || -> anyhow::Result<()> {
-            let reader = Hdf5Reader::open(&file, &Layout::preset(Preset::Smalldata))?;
+            let reader = Hdf5Reader::open(&file, &Layout::preset(Preset::Sample))?;
             let mut at = 0;
             while at < reader.events() {
                 let mut pre = PreEncoded::default();
@@ -322,7 +322,7 @@ pub async fn run(args: AgentBenchArgs) -> anyhow::Result<()> {
     let spec = SampleSpec {
         height: args.height,
         width: args.width,
-        ..SampleSpec::new(Preset::Smalldata, events)
+        ..SampleSpec::new(Preset::Sample, events)
     };
     let write_started = Instant::now();
     {
@@ -345,7 +345,7 @@ pub async fn run(args: AgentBenchArgs) -> anyhow::Result<()> {
         &work.path().join("spool-hdf5"),
         &args,
         &format!(
-            "[[sources]]\nname = \"hdf5\"\nrun = 1\n[sources.hdf5]\nfile = \"{}\"\npreset = \"smalldata\"\n",
+            "[[sources]]\nname = \"hdf5\"\nrun = 1\n[sources.hdf5]\nfile = \"{}\"\npreset = \"sample\"\n",
             file.display()
         ),
     )?)
@@ -372,7 +372,7 @@ pub async fn run(args: AgentBenchArgs) -> anyhow::Result<()> {
     let (hdf5_pre, read_secs, encode_secs) = {
         let file = file.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(PreEncoded, f64, f64)> {
-            let reader = Hdf5Reader::open(&file, &Layout::preset(Preset::Smalldata))?;
+            let reader = Hdf5Reader::open(&file, &Layout::preset(Preset::Sample))?;
             let (mut pre, mut read_secs, mut encode_secs) = (PreEncoded::default(), 0.0, 0.0);
             let mut at = 0;
             while at < reader.events() {

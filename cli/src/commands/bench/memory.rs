@@ -244,7 +244,7 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
         let spec = SampleSpec {
             height: args.height,
             width: args.width,
-            ..SampleSpec::new(Preset::Smalldata, events)
+            ..SampleSpec::new(Preset::Sample, events)
         };
         {
             let file = file.clone();

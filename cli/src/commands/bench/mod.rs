@@ -5,6 +5,7 @@ pub mod agent;
 pub mod codec;
 pub mod latency;
 pub mod memory;
+pub mod psana;
 pub mod pull;
 pub mod python;
 pub mod scaling;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     Latency(latency::LatencyBenchArgs),
     /// Scaling: throughput vs batch size and vs number of concurrent partner consumers.
     Scaling(scaling::ScalingBenchArgs),
+    /// psana: the agent's psana source vs psana iterating the same xtc2 run in Python.
+    Psana(psana::PsanaBenchArgs),
     /// Memory: peak RSS of the agent (backfill, stalled broker) and gateway (request burst) vs an idle process.
     Memory(memory::MemoryBenchArgs),
 }
@@ -39,5 +42,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Latency(args) => latency::run(args).await,
         BenchCommand::Scaling(args) => scaling::run(args).await,
         BenchCommand::Memory(args) => memory::run(args).await,
+        BenchCommand::Psana(args) => psana::run(args).await,
     }
 }

@@ -114,7 +114,7 @@ pub async fn run(args: PythonBenchArgs) -> anyhow::Result<()> {
     let spec = SampleSpec {
         height: args.height,
         width: args.width,
-        ..SampleSpec::new(Preset::Smalldata, args.events)
+        ..SampleSpec::new(Preset::Sample, args.events)
     };
     {
         let file = file.clone();
