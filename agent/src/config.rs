@@ -3,13 +3,13 @@
 //! Every key is documented in `agent/agent.example.toml`. Unknown keys are
 //! errors so that a typo never silently falls back to a default.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lclstream_nats::streams::StreamSettings;
 use lclstream_nats::subjects::{validate_token, DataSubject};
-use lclstream_nats::wire::{Compression, DType, EncodeOptions};
+use lclstream_nats::wire::{Compression, DType, EncodeOptions, Filter, FilterPolicy};
 use serde::Deserialize;
 
 use crate::AgentError;
@@ -178,12 +178,72 @@ impl BatchConfig {
 pub struct EncodeConfig {
     /// `lz4` or `none`.
     pub compression: String,
-    /// Byte-shuffle integer arrays before compression.
+    /// Filter arrays before compression as `filters` says; `false` sends
+    /// every array unfiltered.
     pub shuffle: bool,
+    /// Which filter each array gets.
+    pub filters: FiltersConfig,
     /// Largest payload of one message (must not exceed the server's `max_payload`).
     pub max_payload: usize,
     /// Threads encoding batches per source (spooled in order).
     pub threads: usize,
+}
+
+/// Array filters (`none`, `shuffle` or `bitshuffle`): by field name first,
+/// then by dtype, then by kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FiltersConfig {
+    /// Filter of integer arrays.
+    pub integers: String,
+    /// Filter of float arrays.
+    pub floats: String,
+    /// Per-dtype filters, e.g. `{ i64 = "none" }`.
+    pub dtypes: BTreeMap<String, String>,
+    /// Per-field filters (array name), e.g. `{ timestamps = "none" }`.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Default for FiltersConfig {
+    fn default() -> Self {
+        let policy = FilterPolicy::default();
+        FiltersConfig {
+            integers: policy.integers.name().into(),
+            floats: policy.floats.name().into(),
+            dtypes: BTreeMap::new(),
+            fields: BTreeMap::new(),
+        }
+    }
+}
+
+impl FiltersConfig {
+    /// The policy, or an error naming the key to fix.
+    pub fn policy(&self) -> Result<FilterPolicy, String> {
+        let filter = |key: &str, name: &str| {
+            Filter::parse(name).ok_or_else(|| {
+                format!(
+                    "encode.filters.{key}: {name:?} is not \"none\", \"shuffle\" or \"bitshuffle\""
+                )
+            })
+        };
+        let mut policy = FilterPolicy {
+            integers: filter("integers", &self.integers)?,
+            floats: filter("floats", &self.floats)?,
+            ..FilterPolicy::none()
+        };
+        for (dtype, name) in &self.dtypes {
+            let key = format!("dtypes.{dtype}");
+            let parsed = DType::parse(dtype)
+                .ok_or_else(|| format!("encode.filters.dtypes: unknown type {dtype:?}"))?;
+            policy.dtypes.insert(parsed, filter(&key, name)?);
+        }
+        for (field, name) in &self.fields {
+            policy
+                .fields
+                .insert(field.clone(), filter(&format!("fields.{field}"), name)?);
+        }
+        Ok(policy)
+    }
 }
 
 impl Default for EncodeConfig {
@@ -191,6 +251,7 @@ impl Default for EncodeConfig {
         EncodeConfig {
             compression: "lz4".into(),
             shuffle: true,
+            filters: FiltersConfig::default(),
             max_payload: 1024 * 1024,
             threads: 2,
         }
@@ -404,9 +465,16 @@ pub struct SyntheticConfig {
     /// Events per second; 0 for as fast as possible.
     #[serde(default)]
     pub rate_hz: f64,
-    /// Fraction of pixels hit by photons.
+    /// Mean photons per pixel (Poisson).
     #[serde(default = "default_density")]
     pub photon_density: f64,
+    /// Read noise in ADU (standard deviation), `adu` mode only.
+    #[serde(default = "default_read_noise")]
+    pub read_noise: f64,
+    /// `adu` (pedestal-subtracted ADU with read noise) or `photon_counts`
+    /// (integer photons per pixel, no noise).
+    #[serde(default = "default_mode")]
+    pub mode: String,
     /// Bright peaks per frame.
     #[serde(default = "default_peaks")]
     pub peaks: u32,
@@ -431,6 +499,12 @@ fn default_dtype() -> String {
 }
 fn default_density() -> f64 {
     0.02
+}
+fn default_read_noise() -> f64 {
+    3.0
+}
+fn default_mode() -> String {
+    "adu".into()
 }
 fn default_peaks() -> u32 {
     30
@@ -581,6 +655,15 @@ impl AgentConfig {
                             "{at}.synthetic: height x width must be between 1 and 2^28"
                         ));
                     }
+                    if !matches!(syn.mode.as_str(), "adu" | "photon_counts") {
+                        return Err(format!(
+                            "{at}.synthetic.mode: {:?} is not \"adu\" or \"photon_counts\"",
+                            syn.mode
+                        ));
+                    }
+                    if !(syn.read_noise >= 0.0 && syn.read_noise.is_finite()) {
+                        return Err(format!("{at}.synthetic.read_noise must be >= 0"));
+                    }
                     if !(syn.rate_hz >= 0.0 && syn.rate_hz.is_finite()) {
                         return Err(format!("{at}.synthetic.rate_hz must be >= 0"));
                     }
@@ -611,6 +694,7 @@ impl AgentConfig {
                 ))
             }
         }
+        self.encode.filters.policy()?;
         if self.batch.max_events == 0 {
             return Err("batch.max_events must be positive".into());
         }
@@ -631,7 +715,11 @@ impl AgentConfig {
             } else {
                 Compression::Lz4
             },
-            shuffle: self.encode.shuffle,
+            // Validated when the configuration was loaded.
+            filters: match self.encode.filters.policy() {
+                Ok(policy) if self.encode.shuffle => policy,
+                _ => FilterPolicy::none(),
+            },
             max_payload: self.encode.max_payload,
         }
     }
@@ -732,6 +820,42 @@ events = 10
         let text = format!("{MINIMAL}\n[sources.processing]\ndtype = \"u12\"\n");
         let err = AgentConfig::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("processing.dtype"), "{err}");
+    }
+
+    #[test]
+    fn filters_are_chosen_by_field_dtype_and_kind() {
+        let config = AgentConfig::from_toml(MINIMAL).unwrap();
+        let policy = config.encode_options().filters;
+        assert_eq!(policy.choose("det", DType::U16), Filter::Bitshuffle);
+        assert_eq!(policy.choose("det", DType::F32), Filter::Shuffle);
+        let text = format!(
+            "{MINIMAL}\n[encode.filters]\nfloats = \"none\"\ndtypes = {{ i64 = \"shuffle\" }}\n\
+             fields = {{ timestamps = \"none\", wave = \"bitshuffle\" }}\n"
+        );
+        let policy = AgentConfig::from_toml(&text)
+            .unwrap()
+            .encode_options()
+            .filters;
+        assert_eq!(policy.choose("det", DType::U32), Filter::Bitshuffle);
+        assert_eq!(policy.choose("det", DType::F64), Filter::None);
+        assert_eq!(policy.choose("det", DType::I64), Filter::Shuffle);
+        assert_eq!(policy.choose("timestamps", DType::I64), Filter::None);
+        assert_eq!(policy.choose("wave", DType::F32), Filter::Bitshuffle);
+        let text = format!("{MINIMAL}\n[encode]\nshuffle = false\n");
+        let policy = AgentConfig::from_toml(&text)
+            .unwrap()
+            .encode_options()
+            .filters;
+        assert_eq!(policy, FilterPolicy::none());
+        for (bad, named) in [
+            ("integers = \"bitshufle\"", "encode.filters.integers"),
+            ("dtypes = { u12 = \"none\" }", "encode.filters.dtypes"),
+            ("fields = { det = \"lz4\" }", "encode.filters.fields.det"),
+        ] {
+            let text = format!("{MINIMAL}\n[encode.filters]\n{bad}\n");
+            let err = AgentConfig::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

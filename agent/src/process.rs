@@ -67,7 +67,7 @@ impl Processor {
     }
 
     fn apply_array(&self, array: &mut Array) -> Result<(), String> {
-        array.unshuffle();
+        array.remove_filter().map_err(|e| e.to_string())?;
         let mut shape = array.shape.clone();
         let mut values = to_f64(array);
         let mut dtype = array.dtype;

@@ -5,7 +5,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lclstream_nats::synthetic::DetectorModel;
+use lclstream_nats::synthetic::{DetectorModel, FrameMode};
 use lclstream_nats::wire::{Array, DType, Event};
 
 use crate::config::SyntheticConfig;
@@ -99,6 +99,12 @@ pub fn detector_model(config: &SyntheticConfig) -> DetectorModel {
         photon_density: config.photon_density,
         peaks: config.peaks,
         seed: config.seed,
+        read_noise: config.read_noise,
+        mode: if config.mode == "photon_counts" {
+            FrameMode::PhotonCounts
+        } else {
+            FrameMode::Adu
+        },
         ..Default::default()
     }
 }

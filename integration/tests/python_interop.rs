@@ -1,5 +1,8 @@
 //! A Python consumer (nats-py + msgpack + lz4 + numpy only) decodes batches
-//! published by Rust, including a byte-shuffled array and a chunked event.
+//! published by Rust, with every array filter (bitshuffled detector frames
+//! with read noise, a bitshuffled u8 mask whose length is not a multiple of
+//! 8, an empty array, a byte-shuffled float waveform, an unfiltered field)
+//! and a chunked event.
 //!
 //! Needs `python3` with `nats-py msgpack lz4 numpy` (installed by `.ci/run`).
 //! Set `LCLSTREAM_SKIP_PYTHON=1` to skip on a machine without them.
@@ -11,7 +14,7 @@ use lclstream_nats::server::NatsServer;
 use lclstream_nats::streams::{pull_consumer_config, PullLimits, StartPosition, StreamSettings};
 use lclstream_nats::subjects::DataSubject;
 use lclstream_nats::synthetic::DetectorModel;
-use lclstream_nats::wire::{self, Array, Batch, DType, EncodeOptions, Event, Scalar};
+use lclstream_nats::wire::{self, Array, Batch, DType, EncodeOptions, Event, Filter, Scalar};
 use serde_json::Value;
 
 fn batches() -> Vec<Batch> {
@@ -35,6 +38,15 @@ fn batches() -> Vec<Batch> {
         event.arrays.insert(
             "peaks".into(),
             Array::new(DType::I32, vec![3, 4], peaks).unwrap(),
+        );
+        let mask: Vec<u8> = (0..15u8).map(|p| (p * 17) ^ event.index as u8).collect();
+        event.arrays.insert(
+            "mask".into(),
+            Array::new(DType::U8, vec![3, 5], mask).unwrap(),
+        );
+        event.arrays.insert(
+            "empty".into(),
+            Array::new(DType::I32, vec![0, 4], Vec::new()).unwrap(),
         );
         event.scalars.insert(
             "label".into(),
@@ -74,6 +86,7 @@ fn summarize(batch: &Batch) -> Value {
                 .map(|(name, a)| {
                     let sum: i64 = match a.dtype {
                         DType::U16 => a.to_u16().unwrap().iter().map(|&v| v as i64).sum(),
+                        DType::U8 => a.data.iter().map(|&v| v as i64).sum(),
                         DType::I32 => a.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).sum(),
                         // numpy's astype(int64) truncates toward zero, like `as`.
                         DType::F32 => a.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as i64).sum(),
@@ -102,10 +115,31 @@ async fn python_decodes_what_rust_publishes() {
         .await
         .unwrap();
     let subject = DataSubject::new("mfx", "mfxp1234", 9, "jungfrau").unwrap();
-    let options = EncodeOptions {
+    // The default policy (bitshuffle for integers, byte shuffle for floats)
+    // with one field sent unfiltered.
+    let mut options = EncodeOptions {
         max_payload: 512 * 1024,
         ..Default::default()
     };
+    options.filters.fields.insert("peaks".into(), Filter::None);
+    let first = wire::encode(batches()[0].clone(), &options).unwrap();
+    let raw = lz4_flex::decompress_size_prepended(&first.messages[0].payload).unwrap();
+    let on_wire: Batch = rmp_serde::from_slice(&raw).unwrap();
+    let filters: Vec<(&str, Filter)> = on_wire.events[0]
+        .arrays
+        .iter()
+        .map(|(name, a)| (name.as_str(), a.filter))
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            ("empty", Filter::Bitshuffle),
+            ("jungfrau", Filter::Bitshuffle),
+            ("mask", Filter::Bitshuffle),
+            ("peaks", Filter::None),
+            ("waveform", Filter::Shuffle),
+        ]
+    );
     let mut messages = 0;
     let batches = batches();
     for batch in &batches {

@@ -61,7 +61,7 @@ fn main() {
             wire::encode(
                 batch.clone(),
                 &EncodeOptions {
-                    shuffle: false,
+                    filters: wire::FilterPolicy::none(),
                     ..Default::default()
                 },
             )

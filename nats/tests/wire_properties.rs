@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use lclstream_nats::wire::{
-    self, headers as h, Array, Batch, Compression, DType, DecodeLimits, EncodeOptions, Event,
-    Reassembler, Scalar,
+    self, bitshuffle, headers as h, Array, Batch, Compression, DType, DecodeLimits, EncodeOptions,
+    Event, Filter, FilterPolicy, Reassembler, Scalar,
 };
 use proptest::prelude::*;
 
@@ -68,18 +68,30 @@ fn batch() -> impl Strategy<Value = Batch> {
         })
 }
 
+fn filter() -> impl Strategy<Value = Filter> {
+    prop_oneof![
+        Just(Filter::None),
+        Just(Filter::Shuffle),
+        Just(Filter::Bitshuffle)
+    ]
+}
+
 fn options() -> impl Strategy<Value = EncodeOptions> {
-    (any::<bool>(), any::<bool>(), 2048usize..8192).prop_map(|(lz4, shuffle, max_payload)| {
-        EncodeOptions {
+    (any::<bool>(), filter(), filter(), 2048usize..8192).prop_map(
+        |(lz4, integers, floats, max_payload)| EncodeOptions {
             compression: if lz4 {
                 Compression::Lz4
             } else {
                 Compression::None
             },
-            shuffle,
+            filters: FilterPolicy {
+                integers,
+                floats,
+                ..FilterPolicy::none()
+            },
             max_payload,
-        }
-    })
+        },
+    )
 }
 
 /// Encodes, then reassembles and decodes every message.
@@ -101,6 +113,28 @@ fn round_trip(batch: Batch, options: &EncodeOptions) -> Result<Batch, wire::Wire
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn bitshuffle_round_trips_any_element_size(
+        elem_size in 1usize..20,
+        elements in 0usize..5000,
+        seed in any::<u64>(),
+    ) {
+        let data: Vec<u8> = (0..elements * elem_size)
+            .map(|i| (seed.wrapping_mul(i as u64 | 1) >> 29) as u8)
+            .collect();
+        let shuffled = bitshuffle::bitshuffle(&data, elem_size).unwrap();
+        prop_assert_eq!(shuffled.len(), data.len());
+        prop_assert_eq!(bitshuffle::bitunshuffle(&shuffled, elem_size).unwrap(), data);
+    }
+
+    #[test]
+    fn bitshuffle_refuses_ragged_input(elem_size in 0usize..20, len in 0usize..300) {
+        prop_assume!(elem_size == 0 || !len.is_multiple_of(elem_size));
+        let data = vec![7u8; len];
+        prop_assert!(bitshuffle::bitshuffle(&data, elem_size).is_err());
+        prop_assert!(bitshuffle::bitunshuffle(&data, elem_size).is_err());
+    }
 
     #[test]
     fn any_batch_round_trips(batch in batch(), options in options()) {

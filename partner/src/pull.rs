@@ -154,6 +154,7 @@ impl PartnerClient {
             let deadline = expires + Duration::from_secs(10);
             // Once stopping, messages still arriving for this pull request are handed back.
             let mut stopping: Option<StopReason> = None;
+            let mut delivered = 0u64;
             loop {
                 let next = match tokio::time::timeout(deadline, batch.next()).await {
                     Ok(Some(next)) => next,
@@ -163,6 +164,12 @@ impl PartnerClient {
                     Ok(m) => m,
                     Err(e) => {
                         let text = e.to_string();
+                        // The server also ends a request that delivered messages
+                        // with this status when the next one does not fit in the
+                        // bytes left: pull again. Fatal only if nothing fits.
+                        if text.contains("Exceeds MaxBytes") && delivered > 0 {
+                            break;
+                        }
                         if text.contains("Exceeds MaxBytes")
                             || text.contains("Exceeded MaxRequest")
                             || text.contains("Consumer Deleted")
@@ -175,6 +182,7 @@ impl PartnerClient {
                         break;
                     }
                 };
+                delivered += 1;
                 if stopping.is_some() {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     continue;

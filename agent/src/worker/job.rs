@@ -16,7 +16,9 @@ use lclstream_nats::protocol::job_stores::{update_record, Updated};
 use lclstream_nats::protocol::jobs::{
     now, status_subject, EventRange, JobRecord, JobSpec, JobState, JOB_HEADER,
 };
-use lclstream_nats::wire::{self, headers as h, Batch, Compression, EncodeOptions, Event};
+use lclstream_nats::wire::{
+    self, headers as h, Batch, Compression, EncodeOptions, Event, FilterPolicy,
+};
 use tokio::sync::mpsc;
 
 use super::config::WorkerConfig;
@@ -332,7 +334,11 @@ impl JobRun<'_> {
             } else {
                 Compression::None
             },
-            shuffle: spec.encoding.shuffle,
+            filters: if spec.encoding.shuffle {
+                FilterPolicy::default()
+            } else {
+                FilterPolicy::none()
+            },
             max_payload: spec.encoding.max_payload,
         };
         let encoded = wire::encode(batch, &options).map_err(|e| format!("encoding: {e}"))?;

@@ -335,7 +335,8 @@ impl std::fmt::Display for JobState {
 pub struct JobEncoding {
     /// LZ4-compress payloads.
     pub lz4: bool,
-    /// Byte-shuffle integer arrays.
+    /// Filter arrays before compression with the default policy (bitshuffle
+    /// for integers, byte shuffle for floats); the name predates bitshuffle.
     pub shuffle: bool,
     /// Largest payload of one message; larger batches are chunked.
     pub max_payload: usize,

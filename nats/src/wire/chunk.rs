@@ -225,7 +225,7 @@ mod tests {
         let options = EncodeOptions {
             max_payload: 64 * 1024,
             compression: Compression::Lz4,
-            shuffle: true,
+            filters: Default::default(),
         };
         let encoded = encode(batch.clone(), &options).unwrap();
         assert!(

@@ -3,7 +3,7 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use super::batch::{Batch, SCHEMA_VERSION};
+use super::batch::{Batch, FilterPolicy, SCHEMA_VERSION};
 use super::headers::{self as h, format_checksum};
 use super::{chunk, WireError};
 
@@ -21,12 +21,12 @@ pub enum Compression {
 }
 
 /// How to encode a batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EncodeOptions {
     /// Compression of the document.
     pub compression: Compression,
-    /// Byte-shuffle integer arrays before compression.
-    pub shuffle: bool,
+    /// Filter of each array before compression ([`FilterPolicy::none`] for none).
+    pub filters: FilterPolicy,
     /// Largest payload of one message; larger encodings are split into chunks.
     pub max_payload: usize,
 }
@@ -35,7 +35,7 @@ impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
             compression: Compression::Lz4,
-            shuffle: true,
+            filters: FilterPolicy::default(),
             max_payload: DEFAULT_MAX_PAYLOAD,
         }
     }
@@ -87,9 +87,7 @@ impl Default for DecodeLimits {
 /// Encodes a batch into one message, or into chunks if it exceeds `max_payload`.
 pub fn encode(mut batch: Batch, options: &EncodeOptions) -> Result<Encoded, WireError> {
     batch.validate()?;
-    if options.shuffle {
-        batch.shuffle_integer_arrays();
-    }
+    batch.apply_filters(&options.filters)?;
     // Sized up front: growing an 8 MB buffer by doubling costs several copies.
     let mut raw = Vec::with_capacity(batch.payload_bytes() + 4096);
     rmp_serde::encode::write_named(&mut raw, &batch)
@@ -197,7 +195,7 @@ pub fn decode_document(raw: &[u8]) -> Result<Batch, WireError> {
     let mut batch: Batch =
         rmp_serde::from_slice(raw).map_err(|e| WireError::MsgPack(e.to_string()))?;
     batch.validate()?;
-    batch.unshuffle_arrays();
+    batch.remove_filters()?;
     Ok(batch)
 }
 
@@ -230,15 +228,7 @@ fn decompress_lz4(payload: &[u8], limits: &DecodeLimits) -> Result<Vec<u8>, Wire
             payload.len() - 4
         )));
     }
-    let raw = lz4_flex::decompress_size_prepended(payload)
-        .map_err(|e| WireError::Decompress(e.to_string()))?;
-    if raw.len() as u64 != declared {
-        return Err(WireError::Decompress(format!(
-            "declared size {declared} but {} bytes decompressed",
-            raw.len()
-        )));
-    }
-    Ok(raw)
+    super::lz4::decompress(&payload[4..], declared as usize).map_err(WireError::Decompress)
 }
 
 #[cfg(test)]
@@ -288,7 +278,7 @@ mod tests {
         let batch = sample_batch();
         let options = EncodeOptions {
             compression: Compression::None,
-            shuffle: false,
+            filters: FilterPolicy::none(),
             ..Default::default()
         };
         let encoded = encode(batch.clone(), &options).unwrap();

@@ -6,12 +6,16 @@
 //! specification, with a Python decoder, is `docs/wire-format.md`.
 
 pub mod batch;
+pub mod bitshuffle;
 pub mod chunk;
 pub mod codec;
 pub mod headers;
+pub mod lz4;
 pub mod shuffle;
 
-pub use batch::{batch_id, Array, Batch, DType, Event, Filter, Scalar, SCHEMA_VERSION};
+pub use batch::{
+    batch_id, Array, Batch, DType, Event, Filter, FilterPolicy, Scalar, SCHEMA_VERSION,
+};
 pub use chunk::Reassembler;
 pub use codec::{decode, encode, Compression, DecodeLimits, EncodeOptions, Encoded, WireMessage};
 

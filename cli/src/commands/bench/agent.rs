@@ -299,6 +299,8 @@ pub async fn run(args: AgentBenchArgs) -> anyhow::Result<()> {
         dtype: "u16".into(),
         rate_hz: 0.0,
         photon_density: 0.02,
+        read_noise: 3.0,
+        mode: "adu".into(),
         peaks: 30,
         events: None,
         seed: 1,

@@ -1,11 +1,15 @@
-//! `lclstream bench codec`: encode/decode speed and compression ratio of the
-//! wire format on detector-like frames, plain LZ4 against shuffle + LZ4, with
-//! MessagePack alone (no compression) as the baseline of the same run.
+//! `lclstream bench codec`: encode/decode speed (one core) and compression
+//! ratio of the wire format on two synthetic detector models, realistic ADU
+//! frames with read noise and photon-count frames. Rows: MessagePack alone
+//! (no compression, the baseline of the same run), plain LZ4, byte shuffle +
+//! LZ4 and bitshuffle + LZ4; then the codec targets against those baselines.
 
 use std::time::{Duration, Instant};
 
 use lclstream_nats::synthetic::DetectorModel;
-use lclstream_nats::wire::{self, Batch, Compression, DecodeLimits, EncodeOptions};
+use lclstream_nats::wire::{
+    self, Batch, Compression, DecodeLimits, EncodeOptions, Filter, FilterPolicy,
+};
 
 /// Arguments of `lclstream bench codec`.
 #[derive(clap::Args)]
@@ -16,9 +20,12 @@ pub struct CodecArgs {
     /// Frame width in pixels.
     #[arg(long, default_value_t = 1024)]
     pub width: u64,
-    /// Fraction of pixels hit by photons.
+    /// Mean photons per pixel of the ADU model (the photon-count model uses 0.05).
     #[arg(long, default_value_t = 0.02)]
     pub photon_density: f64,
+    /// Read noise of the ADU model, standard deviation in ADU.
+    #[arg(long, default_value_t = 3.0)]
+    pub read_noise: f64,
     /// Events per batch.
     #[arg(long, default_value_t = 8)]
     pub batch_events: u64,
@@ -35,53 +42,92 @@ pub struct CodecArgs {
 pub struct CodecFigures {
     /// Configuration name.
     pub name: &'static str,
-    /// Uncompressed event bytes encoded per second, in MB/s.
-    pub encode_mb_s: f64,
-    /// Uncompressed event bytes decoded per second, in MB/s.
-    pub decode_mb_s: f64,
+    /// Uncompressed event bytes encoded per second on one core, in GB/s.
+    pub encode_gb_s: f64,
+    /// Uncompressed event bytes decoded per second on one core, in GB/s.
+    pub decode_gb_s: f64,
     /// Event data bytes divided by payload bytes.
     pub ratio: f64,
 }
 
-/// Runs the codec benchmark and prints a table.
+/// The configurations measured, in table order.
+const CONFIGURATIONS: [(&str, Compression, Filter); 4] = [
+    ("msgpack (baseline)", Compression::None, Filter::None),
+    ("lz4", Compression::Lz4, Filter::None),
+    ("shuffle+lz4", Compression::Lz4, Filter::Shuffle),
+    ("bitshuffle+lz4", Compression::Lz4, Filter::Bitshuffle),
+];
+
+/// Runs the codec benchmark and prints one table per data model.
 pub async fn run(args: CodecArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
-        let figures = measure(&args)?;
-        println!(
-            "codec on {}x{} u16 frames, photon density {}, {} events per batch",
-            args.height, args.width, args.photon_density, args.batch_events
-        );
-        println!(
-            "{:<22} {:>12} {:>12} {:>8}",
-            "configuration", "encode MB/s", "decode MB/s", "ratio"
-        );
-        for f in &figures {
+        let realistic = DetectorModel {
+            height: args.height,
+            width: args.width,
+            photon_density: args.photon_density,
+            read_noise: args.read_noise,
+            ..Default::default()
+        };
+        let counts = DetectorModel {
+            height: args.height,
+            width: args.width,
+            ..DetectorModel::photon_counts()
+        };
+        for (label, model) in [("realistic", &realistic), ("photon counts", &counts)] {
+            let figures = measure(&args, model)?;
             println!(
-                "{:<22} {:>12.0} {:>12.0} {:>8.2}",
-                f.name, f.encode_mb_s, f.decode_mb_s, f.ratio
+                "codec, data model {label}: {}; {} events per batch, one core",
+                model.describe(),
+                args.batch_events
             );
+            print_table(&figures);
+            print_targets(&figures);
+            println!();
         }
-        let plain = &figures[1];
-        let shuffled = &figures[2];
-        println!(
-            "shuffle gain: ratio x{:.2}, encode speed x{:.2}, decode speed x{:.2} (vs plain LZ4)",
-            shuffled.ratio / plain.ratio,
-            shuffled.encode_mb_s / plain.encode_mb_s,
-            shuffled.decode_mb_s / plain.decode_mb_s
-        );
         Ok(())
     })
     .await?
 }
 
-/// Measures MessagePack only, LZ4, and shuffle + LZ4.
-pub fn measure(args: &CodecArgs) -> anyhow::Result<Vec<CodecFigures>> {
-    let model = DetectorModel {
-        height: args.height,
-        width: args.width,
-        photon_density: args.photon_density,
-        ..Default::default()
+fn print_table(figures: &[CodecFigures]) {
+    println!(
+        "{:<20} {:>12} {:>12} {:>8}",
+        "configuration", "encode GB/s", "decode GB/s", "ratio"
+    );
+    for f in figures {
+        println!(
+            "{:<20} {:>12.2} {:>12.2} {:>8.2}",
+            f.name, f.encode_gb_s, f.decode_gb_s, f.ratio
+        );
+    }
+}
+
+/// The codec targets: bitshuffle + LZ4 against the same run's other rows.
+fn print_targets(figures: &[CodecFigures]) {
+    let [_, plain, shuffled, bits] = figures else {
+        return;
     };
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let vs_shuffle = bits.ratio / shuffled.ratio;
+    let vs_plain = bits.ratio / plain.ratio;
+    println!(
+        "bitshuffle+lz4 ratio x{vs_shuffle:.2} of shuffle+lz4 (target >= 1.3: {}), x{vs_plain:.2} of lz4 (target >= 1.8: {})",
+        verdict(vs_shuffle >= 1.3),
+        verdict(vs_plain >= 1.8)
+    );
+    println!(
+        "bitshuffle+lz4 encode {:.2} GB/s (target >= 1: {}), decode {:.2} GB/s (target >= 1.5: {}); plain lz4 encode {:.2}, decode {:.2}",
+        bits.encode_gb_s,
+        verdict(bits.encode_gb_s >= 1.0),
+        bits.decode_gb_s,
+        verdict(bits.decode_gb_s >= 1.5),
+        plain.encode_gb_s,
+        plain.decode_gb_s
+    );
+}
+
+/// Measures every configuration on batches of `model` frames.
+pub fn measure(args: &CodecArgs, model: &DetectorModel) -> anyhow::Result<Vec<CodecFigures>> {
     let batches: Vec<Batch> = (0..args.batches)
         .map(|b| {
             let events = (0..args.batch_events)
@@ -93,18 +139,13 @@ pub fn measure(args: &CodecArgs) -> anyhow::Result<Vec<CodecFigures>> {
             Batch::new("bench", 1, "jungfrau", events)
         })
         .collect::<Result<_, _>>()?;
-    let configurations = [
-        ("msgpack (baseline)", Compression::None, false),
-        ("lz4", Compression::Lz4, false),
-        ("shuffle+lz4", Compression::Lz4, true),
-    ];
     let budget = Duration::from_secs_f64(args.seconds.max(0.05));
-    configurations
+    CONFIGURATIONS
         .into_iter()
-        .map(|(name, compression, shuffle)| {
+        .map(|(name, compression, filter)| {
             let options = EncodeOptions {
                 compression,
-                shuffle,
+                filters: FilterPolicy::uniform(filter),
                 max_payload: 256 * 1024 * 1024,
             };
             measure_one(name, &batches, &options, budget)
@@ -129,23 +170,31 @@ fn measure_one(
         }
         rounds += 1;
     }
-    let encode_mb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e6;
+    let encode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
     let wire_bytes: usize = encoded.iter().map(|e| e.wire_size).sum();
     let limits = DecodeLimits::default();
+    for (e, original) in encoded.iter().zip(batches) {
+        let message = &e.messages[0];
+        let batch = wire::decode(Some(&message.headers), &message.payload, &limits)?;
+        anyhow::ensure!(&batch == original, "{name}: decoded batch differs");
+    }
     let (mut rounds, start) = (0u32, Instant::now());
     while rounds == 0 || start.elapsed() < budget {
-        for (e, original) in encoded.iter().zip(batches) {
+        for e in &encoded {
             let message = &e.messages[0];
-            let batch = wire::decode(Some(&message.headers), &message.payload, &limits)?;
-            anyhow::ensure!(batch.count == original.count, "decoded batch differs");
+            std::hint::black_box(wire::decode(
+                Some(&message.headers),
+                &message.payload,
+                &limits,
+            )?);
         }
         rounds += 1;
     }
-    let decode_mb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e6;
+    let decode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
     Ok(CodecFigures {
         name,
-        encode_mb_s,
-        decode_mb_s,
+        encode_gb_s,
+        decode_gb_s,
         ratio: data_bytes as f64 / wire_bytes as f64,
     })
 }

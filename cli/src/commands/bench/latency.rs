@@ -14,7 +14,9 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use lclstream_nats::streams::{pull_consumer_config, PullLimits, StartPosition};
 use lclstream_nats::synthetic::DetectorModel;
-use lclstream_nats::wire::{self, Batch, Compression, DecodeLimits, EncodeOptions, Event};
+use lclstream_nats::wire::{
+    self, Batch, Compression, DecodeLimits, EncodeOptions, Event, FilterPolicy,
+};
 use lclstream_partner::{BatchInfo, CallbackSink, PullOptions};
 
 use super::support::{self, AgentBatching};
@@ -245,7 +247,7 @@ async fn raw_case(
     };
     let options = EncodeOptions {
         compression: Compression::None,
-        shuffle: false,
+        filters: FilterPolicy::none(),
         ..Default::default()
     };
     let started = tokio::time::Instant::now();

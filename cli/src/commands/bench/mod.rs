@@ -15,7 +15,7 @@ pub mod support;
 /// Benchmarks.
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
-    /// Codec: encode/decode MB/s and compression ratio, plain LZ4 vs shuffle+LZ4.
+    /// Codec: encode/decode GB/s and ratio: LZ4, shuffle+LZ4, bitshuffle+LZ4 on two data models.
     Codec(codec::CodecArgs),
     /// Agent: HDF5 and synthetic throughput into JetStream vs a raw publisher of the same payloads.
     Agent(agent::AgentBenchArgs),

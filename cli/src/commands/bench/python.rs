@@ -2,7 +2,7 @@
 //! way a Python user would (`integration/python/bench_pipeline.py`: h5py,
 //! msgpack, lz4, nats-py), on the same HDF5 file and server in the same run.
 //!
-//! Ingest: the agent (HDF5 -> batch -> shuffle+lz4 -> spool -> pipelined
+//! Ingest: the agent (HDF5 -> batch -> bitshuffle+lz4 -> spool -> pipelined
 //! publish) against h5py + msgpack + lz4 + a JetStream publish awaiting each
 //! ack. Pull: the partner library against nats-py fetch + decode + ack, both
 //! reading the batches the agent published.
@@ -156,7 +156,7 @@ pub async fn run(args: PythonBenchArgs) -> anyhow::Result<()> {
         args.events
     );
     let agent = Rate::from_report(&report);
-    // The agent again with Python's encoding (LZ4 without byte shuffle).
+    // The agent again with Python's encoding (LZ4 without array filters).
     let toml = support::agent_toml(
         &url,
         &work.path().join("spool-noshuffle"),
@@ -231,11 +231,11 @@ pub async fn run(args: PythonBenchArgs) -> anyhow::Result<()> {
     println!("{}", Rate::header("direction, pipeline"));
     println!(
         "{}",
-        agent.row("ingest: lclstream agent (shuffle+lz4, spool, pipelined acks)")
+        agent.row("ingest: lclstream agent (bitshuffle+lz4, spool, pipelined acks)")
     );
     println!(
         "{}",
-        agent_plain.row("ingest: lclstream agent, lz4 without shuffle (as Python)")
+        agent_plain.row("ingest: lclstream agent, lz4 without filters (as Python)")
     );
     println!(
         "{}",
@@ -248,7 +248,7 @@ pub async fn run(args: PythonBenchArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "lclstream / Python: ingest x{:.2} (x{:.2} without shuffle), pull x{:.2} (events/s); \
+        "lclstream / Python: ingest x{:.2} (x{:.2} without filters), pull x{:.2} (events/s); \
          compression ratio {:.1} vs {:.1}; ingest MB/s raw count MessagePack bytes, pull MB/s raw count array bytes",
         agent.events_per_sec() / py_publish.events_per_sec().max(1e-9),
         agent_plain.events_per_sec() / py_publish.events_per_sec().max(1e-9),
