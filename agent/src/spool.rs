@@ -2,9 +2,11 @@
 //!
 //! Why: batch boundaries depend on timing, so after a crash re-reading and
 //! re-batching would produce different `Nats-Msg-Id`s and break
-//! deduplication. Instead every encoded batch is appended here (with fsync)
+//! deduplication. Instead every encoded batch is appended here
 //! together with the source's read position *after* the batch, before it is
-//! published. On restart, every spooled but unacknowledged batch is
+//! published ([`SpoolSync`] says when it reaches the disk: per batch, by
+//! group commit for live sources, or never for re-readable files, which
+//! resume from what JetStream holds after a machine crash). On restart, every spooled but unacknowledged batch is
 //! republished with its original ids (JetStream drops those it already
 //! stored, within the stream's duplicate window) and each source resumes
 //! reading after its last spooled position.
@@ -165,8 +167,27 @@ pub struct SpoolOptions {
     pub max_bytes: u64,
     /// Segment size at which a new segment is started.
     pub segment_bytes: u64,
-    /// fsync every append.
-    pub fsync: bool,
+    /// When appended records reach the disk.
+    pub sync: SpoolSync,
+}
+
+/// When spooled records are made durable (fsync).
+///
+/// A process killed with `kill -9` loses nothing the spool wrote, synced or
+/// not: the page cache belongs to the kernel. fsync protects only against a
+/// crash of the machine itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolSync {
+    /// One fsync per appended batch, before it can be published.
+    EveryBatch,
+    /// Group commit: before the publisher sends a record, one fsync covers
+    /// every record appended so far.
+    #[default]
+    Group,
+    /// No fsync of segments or checkpoint: for sources that can be re-read,
+    /// whose resume point after a machine crash comes from JetStream.
+    Off,
 }
 
 #[derive(Debug)]
@@ -218,6 +239,8 @@ pub struct Spool {
     inner: Mutex<Inner>,
     /// The active segment's file; held across a whole append.
     writer: Mutex<Option<File>>,
+    /// Every seq up to this one is on disk (group commit).
+    synced: Mutex<u64>,
     space: Condvar,
     appended: tokio::sync::Notify,
     gauges: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
@@ -420,6 +443,7 @@ impl Spool {
                 options,
                 inner: Mutex::new(inner),
                 writer: Mutex::new(None),
+                synced: Mutex::new(0),
                 space: Condvar::new(),
                 appended: tokio::sync::Notify::new(),
                 gauges: std::sync::OnceLock::new(),
@@ -515,13 +539,20 @@ impl Spool {
         let frame = encode_frame(seq, &body);
         drop(body);
         let frame_len = frame.len() as u64;
+        if roll && self.options.sync == SpoolSync::Group {
+            // Group commit syncs only the active segment: finish the old one.
+            if let Some(old) = writer.as_ref() {
+                old.sync_data()
+                    .map_err(io_err(&active, "syncing the previous segment"))?;
+            }
+        }
         if roll || writer.is_none() {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&active)
                 .map_err(io_err(&active, "opening a segment"))?;
-            if roll {
+            if roll && self.options.sync != SpoolSync::Off {
                 sync_dir(&self.dir);
             }
             *writer = Some(file);
@@ -529,7 +560,7 @@ impl Spool {
         let file = writer.as_mut().expect("writer");
         file.write_all(&frame)
             .map_err(io_err(&active, "appending to the spool"))?;
-        if self.options.fsync {
+        if self.options.sync == SpoolSync::EveryBatch {
             file.sync_data()
                 .map_err(io_err(&active, "syncing the spool"))?;
         }
@@ -555,6 +586,41 @@ impl Spool {
         drop(writer);
         self.appended.notify_one();
         Ok(Some(seq))
+    }
+
+    /// Group commit: makes every record up to at least `seq` durable with one
+    /// fsync covering everything appended so far. A no-op unless the policy
+    /// is [`SpoolSync::Group`] or when an earlier call already covered `seq`.
+    pub fn sync_through(&self, seq: u64) -> Result<(), AgentError> {
+        if self.options.sync != SpoolSync::Group {
+            return Ok(());
+        }
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= seq {
+            return Ok(());
+        }
+        // Appends hold the writer lock while writing: once it is ours, every
+        // seq below next_seq is written. Sync a clone outside the lock so
+        // appends go on meanwhile (they join the next group).
+        let (file, through) = {
+            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let through = self.lock().next_seq - 1;
+            match writer.as_ref() {
+                Some(f) => (
+                    f.try_clone()
+                        .map_err(io_err(&self.dir, "cloning the segment handle"))?,
+                    through,
+                ),
+                None => {
+                    *synced = through;
+                    return Ok(());
+                }
+            }
+        };
+        file.sync_data()
+            .map_err(io_err(&self.dir, "syncing the spool"))?;
+        *synced = (*synced).max(through);
+        Ok(())
     }
 
     /// Waits until a record is appended (or [`Spool::close`] is called).
@@ -606,11 +672,15 @@ impl Spool {
             let mut f = File::create(&tmp).map_err(io_err(&tmp, "writing the checkpoint"))?;
             f.write_all(&bytes)
                 .map_err(io_err(&tmp, "writing the checkpoint"))?;
-            f.sync_all()
-                .map_err(io_err(&tmp, "syncing the checkpoint"))?;
+            if self.options.sync != SpoolSync::Off {
+                f.sync_all()
+                    .map_err(io_err(&tmp, "syncing the checkpoint"))?;
+            }
         }
         fs::rename(&tmp, &path).map_err(io_err(&path, "replacing the checkpoint"))?;
-        sync_dir(&self.dir);
+        if self.options.sync != SpoolSync::Off {
+            sync_dir(&self.dir);
+        }
         let mut inner = self.lock();
         inner.persisted_acked = inner.persisted_acked.max(acked);
         // Delete segments entirely at or below the persisted head, never the active one.
@@ -767,7 +837,7 @@ mod tests {
         SpoolOptions {
             max_bytes: 1 << 20,
             segment_bytes: 2000,
-            fsync: false,
+            sync: SpoolSync::Off,
         }
     }
 

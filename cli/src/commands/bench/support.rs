@@ -441,6 +441,17 @@ pub async fn partner_pull_counting(
     grant: &DatasetGrant,
     events: u64,
 ) -> anyhow::Result<(PullSummary, Rate)> {
+    let threads = lclstream_partner::default_decode_threads();
+    partner_pull_counting_threads(client, grant, events, threads).await
+}
+
+/// [`partner_pull_counting`] with `decode_threads` decoding batches at once.
+pub async fn partner_pull_counting_threads(
+    client: &PartnerClient,
+    grant: &DatasetGrant,
+    events: u64,
+    decode_threads: usize,
+) -> anyhow::Result<(PullSummary, Rate)> {
     let array_bytes = Arc::new(AtomicU64::new(0));
     let last_ns = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -455,6 +466,7 @@ pub async fn partner_pull_counting(
         max_events: Some(events),
         idle_timeout: Duration::from_secs(10),
         expires: Duration::from_millis(500),
+        decode_threads,
         ..Default::default()
     };
     let summary = step("partner pull", client.pull(grant, &options, &mut sink)).await??;
