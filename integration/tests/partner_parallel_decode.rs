@@ -144,7 +144,7 @@ async fn several_decode_threads_keep_order_per_subject_and_deliver_once() {
         // Repeats only come from the one batch split by max_events.
         assert!(
             indices.len() as u64 - total <= 9,
-            "{subject}: {} deliveries of {total} events",
+            "{subject}: {} deliveries of {total} events: {indices:?}; first pull {first:?}, second {second:?}",
             indices.len()
         );
     }

@@ -177,7 +177,32 @@ impl PartnerClient {
             // Once stopping, messages still arriving for this pull request are handed back.
             let mut stopping: Option<StopReason> = None;
             loop {
-                let next = match tokio::time::timeout(deadline, batch.next()).await {
+                // While the oldest batch decodes, also take the next message;
+                // once it is decoded, deliver it without waiting for more
+                // messages (acks must not wait for the pull request to end).
+                let received = match pending.front_mut().map(|f| &mut f.decoding) {
+                    Some(Decoding::Started(handle)) => tokio::select! {
+                        joined = handle => {
+                            let front = pending.front_mut().expect("a pending batch");
+                            front.decoding = match joined {
+                                Ok(result) => Decoding::Done(Box::new(result)),
+                                Err(e) => Decoding::Failed(e.to_string()),
+                            };
+                            None
+                        }
+                        next = tokio::time::timeout(deadline, batch.next()) => Some(next),
+                    },
+                    Some(_) => None,
+                    None => Some(tokio::time::timeout(deadline, batch.next()).await),
+                };
+                let Some(received) = received else {
+                    while pending.front().is_some_and(PendingBatch::is_decoded) {
+                        let front = pending.pop_front().expect("a pending batch");
+                        delivery.complete(front, &mut stopping).await?;
+                    }
+                    continue;
+                };
+                let next = match received {
                     Ok(Some(next)) => next,
                     Ok(None) | Err(_) => break,
                 };
@@ -317,6 +342,8 @@ async fn hand_back(
 enum Decoding {
     Started(tokio::task::JoinHandle<Result<wire::Batch, wire::WireError>>),
     Done(Box<Result<wire::Batch, wire::WireError>>),
+    /// The decoding thread panicked.
+    Failed(String),
 }
 
 /// A complete batch (all its chunks received) on its way to the sink.
@@ -331,7 +358,7 @@ impl PendingBatch {
     fn is_decoded(&self) -> bool {
         match &self.decoding {
             Decoding::Started(handle) => handle.is_finished(),
-            Decoding::Done(_) => true,
+            Decoding::Done(_) | Decoding::Failed(_) => true,
         }
     }
 }
@@ -369,6 +396,9 @@ impl Delivery<'_> {
                 .await
                 .map_err(|e| PartnerError::Protocol(format!("decoding batch {id}: {e}")))?,
             Decoding::Done(result) => *result,
+            Decoding::Failed(e) => {
+                return Err(PartnerError::Protocol(format!("decoding batch {id}: {e}")))
+            }
         };
         let decoded = match decoded {
             Ok(b) => b,
