@@ -174,6 +174,10 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Longest time the first event of a batch waits for more, milliseconds.
     pub max_linger_ms: u64,
+    /// Low latency: a batch is sent as soon as the source has no further
+    /// event waiting (no linger at low rates; at high rates events queue up
+    /// and batches still fill), and `spool.sync = "auto"` does not fsync.
+    pub low_latency: bool,
 }
 
 impl Default for BatchConfig {
@@ -182,6 +186,7 @@ impl Default for BatchConfig {
             max_events: 64,
             max_bytes: 4 * 1024 * 1024,
             max_linger_ms: 200,
+            low_latency: false,
         }
     }
 }
@@ -586,7 +591,9 @@ impl AgentConfig {
             return SpoolSync::Off;
         }
         match self.spool.sync {
-            SyncSetting::Auto if self.sources_rereadable() => SpoolSync::Off,
+            SyncSetting::Auto if self.sources_rereadable() || self.batch.low_latency => {
+                SpoolSync::Off
+            }
             SyncSetting::Auto | SyncSetting::Group => SpoolSync::Group,
             SyncSetting::EveryBatch => SpoolSync::EveryBatch,
             SyncSetting::Off => SpoolSync::Off,

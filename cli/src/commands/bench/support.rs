@@ -138,6 +138,8 @@ pub struct AgentBatching {
     pub fsync: bool,
     /// `spool.max_bytes`.
     pub spool_bytes: u64,
+    /// `batch.low_latency`.
+    pub low_latency: bool,
 }
 
 impl Default for AgentBatching {
@@ -148,6 +150,7 @@ impl Default for AgentBatching {
             linger_ms: 100,
             fsync: true,
             spool_bytes: 512 * 1024 * 1024,
+            low_latency: false,
         }
     }
 }
@@ -167,6 +170,7 @@ max_bytes = {}
 max_events = {}
 max_bytes = {}
 max_linger_ms = {}
+low_latency = {}
 [encode]
 max_payload = 8388608
 [publish]
@@ -179,7 +183,8 @@ drain_timeout_ms = 20000
         batching.spool_bytes,
         batching.max_events,
         batching.max_bytes,
-        batching.linger_ms
+        batching.linger_ms,
+        batching.low_latency
     )
 }
 
