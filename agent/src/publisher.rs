@@ -269,11 +269,7 @@ impl Publisher {
             while connected && !failed && in_flight.len() < self.config.max_in_flight {
                 if current.is_empty() {
                     match reader.next_record()? {
-                        Some(record) => {
-                            // Group commit: one fsync covers every batch appended so far.
-                            self.spool.sync_through(record.seq)?;
-                            current.push_back((record, 0))
-                        }
+                        Some(record) => current.push_back((record, 0)),
                         None => break,
                     }
                 }

@@ -443,7 +443,7 @@ impl Spool {
                 options,
                 inner: Mutex::new(inner),
                 writer: Mutex::new(None),
-                synced: Mutex::new(0),
+                synced: Mutex::new(max_seq),
                 space: Condvar::new(),
                 appended: tokio::sync::Notify::new(),
                 gauges: std::sync::OnceLock::new(),
@@ -584,12 +584,16 @@ impl Spool {
         self.publish_depth(&inner);
         drop(inner);
         drop(writer);
+        // Group commit: the first appender to sync covers every record
+        // written so far; appends meanwhile join the next group. The
+        // publisher reads only synced records.
+        self.sync_through(seq)?;
         self.appended.notify_one();
         Ok(Some(seq))
     }
 
     /// Group commit: makes every record up to at least `seq` durable with one
-    /// fsync covering everything appended so far. A no-op unless the policy
+    /// fsync covering everything written so far. A no-op unless the policy
     /// is [`SpoolSync::Group`] or when an earlier call already covered `seq`.
     pub fn sync_through(&self, seq: u64) -> Result<(), AgentError> {
         if self.options.sync != SpoolSync::Group {
@@ -711,6 +715,17 @@ impl Spool {
         self.lock().next_seq
     }
 
+    /// The last seq the publisher may read: with group commit, the last
+    /// synced one; otherwise the last appended one.
+    pub fn readable_through(&self) -> u64 {
+        let appended = self.next_seq() - 1;
+        if self.options.sync == SpoolSync::Group {
+            (*self.synced.lock().unwrap_or_else(|e| e.into_inner())).min(appended)
+        } else {
+            appended
+        }
+    }
+
     /// Unacknowledged batches and bytes.
     pub fn depth(&self) -> (u64, u64) {
         let inner = self.lock();
@@ -763,7 +778,7 @@ impl SpoolReader<'_> {
 
     /// The next record, or `None` when it is not appended yet.
     pub fn next_record(&mut self) -> Result<Option<SpoolRecord>, AgentError> {
-        if self.next >= self.spool.next_seq() {
+        if self.next > self.spool.readable_through() {
             return Ok(None);
         }
         for _ in 0..3 {
@@ -861,6 +876,40 @@ mod tests {
                 headers: vec![("Nats-Msg-Id".into(), format!("id-{first}"))],
                 payload: vec![first as u8; size],
             }],
+        }
+    }
+
+    #[test]
+    fn every_sync_policy_reads_back_across_segments_and_reopens() {
+        for sync in [SpoolSync::EveryBatch, SpoolSync::Group, SpoolSync::Off] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = SpoolOptions { sync, ..options() };
+            let (spool, _) = Spool::open(dir.path(), options.clone()).unwrap();
+            // Appends from two threads at once (two sources): group commit
+            // lets each through only once a sync covers it.
+            std::thread::scope(|scope| {
+                for source in ["a", "b"] {
+                    let spool = &spool;
+                    scope.spawn(move || {
+                        for i in 0..8 {
+                            spool.append(record(source, i * 2, 700)).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(spool.readable_through(), 16, "{sync:?}");
+            let mut reader = spool.reader(1);
+            let mut seqs = Vec::new();
+            while let Some(r) = reader.next_record().unwrap() {
+                seqs.push(r.seq);
+            }
+            assert_eq!(seqs, (1..=16).collect::<Vec<_>>(), "{sync:?}");
+            spool.ack(1);
+            spool.checkpoint().unwrap();
+            drop(spool);
+            let (reopened, rec) = Spool::open(dir.path(), options).unwrap();
+            assert_eq!(rec.pending_batches, 15, "{sync:?}");
+            assert_eq!(reopened.readable_through(), 16, "{sync:?}");
         }
     }
 
