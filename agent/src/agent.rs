@@ -17,8 +17,8 @@ use crate::hdf5_source::run_hdf5;
 use crate::metrics::{self, Metrics};
 use crate::process::Processor;
 use crate::publisher::{ensure_stream, Mode, Publisher};
-use crate::source::{run_synthetic, ReaderContext};
 use crate::resume;
+use crate::source::{run_synthetic, ReaderContext};
 use crate::spool::{Spool, SpoolOptions, SpoolSync};
 use crate::AgentError;
 
@@ -173,10 +173,13 @@ impl Agent {
         if config.spool_sync() == SpoolSync::Off {
             let stream = config.stream_settings().name;
             for source in config.sources.iter().filter(|s| s.hdf5.is_some()) {
-                let subject = config.subject(source).map_err(|message| AgentError::Source {
-                    source_name: source.name.clone(),
-                    message,
-                })?.to_string();
+                let subject = config
+                    .subject(source)
+                    .map_err(|message| AgentError::Source {
+                        source_name: source.name.clone(),
+                        message,
+                    })?
+                    .to_string();
                 let ids = (config.experiment.as_str(), source.name.as_str(), source.run);
                 let tail = tokio::select! {
                     t = resume::stored_tail(&js, &stream, &subject, ids) => t?,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, ErrorCode};
-use lclstream_nats::wire::headers as h;
 use lclstream_nats::wire::batch_id;
 use lclstream_nats::wire::chunk::parse_chunk_header;
+use lclstream_nats::wire::headers as h;
 
 use crate::spool::Position;
 use crate::AgentError;
@@ -171,7 +171,10 @@ mod tests {
             last: 4,
             complete: true,
         };
-        assert_eq!(merge(Some(spool.clone()), Some(behind)), Some(spool.clone()));
+        assert_eq!(
+            merge(Some(spool.clone()), Some(behind)),
+            Some(spool.clone())
+        );
         let ahead = StoredTail {
             first: 10,
             last: 19,

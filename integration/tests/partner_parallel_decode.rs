@@ -46,10 +46,11 @@ async fn publish_interleaved(s: &Setup, batches: u64) -> BTreeMap<u32, u64> {
             let subject = DataSubject::new("mfx", "mfxp1234", run, "jungfrau").unwrap();
             let batch = Batch::new("mfxp1234", run, "jungfrau", events).unwrap();
             for message in wire::encode(batch, &options).unwrap().messages {
-                let ack =
-                    s.js.publish_with_headers(subject.to_string(), message.headers, message.payload)
-                        .await
-                        .expect("publish");
+                let ack = s
+                    .js
+                    .publish_with_headers(subject.to_string(), message.headers, message.payload)
+                    .await
+                    .expect("publish");
                 acks.push(ack);
             }
         }
