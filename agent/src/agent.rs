@@ -18,8 +18,9 @@ use crate::metrics::{self, Metrics};
 use crate::process::Processor;
 use crate::psana_source::run_psana;
 use crate::publisher::{ensure_stream, Mode, Publisher};
+use crate::resume;
 use crate::source::{run_synthetic, ReaderContext};
-use crate::spool::{Spool, SpoolOptions};
+use crate::spool::{Spool, SpoolOptions, SpoolSync};
 use crate::AgentError;
 
 /// Events buffered between a reader and its batcher.
@@ -135,7 +136,7 @@ impl Agent {
         let spool_options = SpoolOptions {
             max_bytes: config.spool.max_bytes,
             segment_bytes: config.spool.segment_bytes,
-            fsync: config.spool.fsync,
+            sync: config.spool_sync(),
         };
         let (spool, recovery) = Spool::open(&config.spool.dir, spool_options)?;
         let spool = Arc::new(spool);
@@ -166,6 +167,30 @@ impl Agent {
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_millis(config.publish.ack_timeout_ms))
             .build(client);
+        tokio::pin!(shutdown);
+        // Without fsync, a machine crash may lose the spool's tail: files are
+        // re-read from after the last batch JetStream stores.
+        let mut stored = std::collections::HashMap::new();
+        if config.spool_sync() == SpoolSync::Off {
+            let stream = config.stream_settings().name;
+            for source in config.sources.iter().filter(|s| s.hdf5.is_some()) {
+                let subject = config
+                    .subject(source)
+                    .map_err(|message| AgentError::Source {
+                        source_name: source.name.clone(),
+                        message,
+                    })?
+                    .to_string();
+                let ids = (config.experiment.as_str(), source.name.as_str(), source.run);
+                let tail = tokio::select! {
+                    t = resume::stored_tail(&js, &stream, &subject, ids) => t?,
+                    _ = &mut shutdown => {
+                        return Ok(RunReport::from_metrics(&self.metrics, spool.depth().0, started.elapsed()));
+                    }
+                };
+                stored.insert(source.name.clone(), tail);
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let finite = self.is_finite();
         let progress = (self.progress && finite).then(|| {
@@ -201,7 +226,15 @@ impl Agent {
                 processor: Processor::new(&source.processing),
                 progress: progress.clone(),
             };
-            let resume = recovery.positions.get(&source.name).cloned();
+            let mut resume = recovery.positions.get(&source.name).cloned();
+            if let Some(tail) = stored.get(&source.name).copied().flatten() {
+                let merged = resume::merge(resume.clone(), Some(tail));
+                if merged != resume {
+                    tracing::info!(source = %source.name, next_index = tail.next_index(),
+                        "JetStream stores more than the spool: re-reading from there");
+                }
+                resume = merged;
+            }
             if let Some(p) = &resume {
                 tracing::info!(source = %source.name, file = ?p.file, file_event = p.file_event,
                     next_index = p.next_index, "resuming after the last spooled batch");
@@ -255,7 +288,6 @@ impl Agent {
         };
         let mut publisher = publisher;
         let drain = Duration::from_millis(config.publish.drain_timeout_ms);
-        tokio::pin!(shutdown);
 
         let mut first_error: Option<AgentError> = None;
         let mut shutting_down = false;

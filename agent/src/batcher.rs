@@ -284,19 +284,26 @@ pub fn run_batcher(
     limits: BatchConfig,
     sink: BatchSink,
 ) -> Result<(), AgentError> {
+    let low_latency = limits.low_latency;
     let mut batcher = Batcher::new(limits);
     let mut encoder = OrderedEncoder::new(sink);
+    // Low latency looks one message ahead to tell whether the source is idle.
+    let mut ahead: Option<SourceMessage> = None;
     loop {
         let timeout = match batcher.deadline() {
             Some(d) => d.saturating_duration_since(Instant::now()),
             None if !encoder.in_flight.is_empty() => Duration::from_millis(5),
             None => Duration::from_millis(500),
         };
-        let message = match rx.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(SourceMessage::Done),
+        let message = match ahead.take() {
+            Some(m) => Some(m),
+            None => match rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(SourceMessage::Done),
+            },
         };
+        let event_handled = matches!(message, Some(SourceMessage::Event(..)));
         match message {
             None => {
                 if batcher.deadline().is_some_and(|d| d <= Instant::now()) {
@@ -334,6 +341,23 @@ pub fn run_batcher(
                 return Err(error);
             }
         }
+        if low_latency && event_handled {
+            match rx.try_recv() {
+                Ok(m) => ahead = Some(m),
+                Err(TryRecvError::Disconnected) => ahead = Some(SourceMessage::Done),
+                Err(TryRecvError::Empty) => {
+                    // The source is idle: send what is pending now.
+                    if let Some((events, position)) = batcher.take() {
+                        if !encoder.submit(events, position)? {
+                            return Ok(());
+                        }
+                    }
+                    if !encoder.finish()? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -368,6 +392,7 @@ mod tests {
             max_events: 3,
             max_bytes: 1 << 20,
             max_linger_ms: 1000,
+            low_latency: false,
         });
         let now = Instant::now();
         assert!(b.push(event(0, 10), pos(0), now).is_empty());
@@ -385,6 +410,7 @@ mod tests {
             max_events: 100,
             max_bytes: 1200,
             max_linger_ms: 1000,
+            low_latency: false,
         });
         let now = Instant::now();
         assert!(b.push(event(0, 200), pos(0), now).is_empty());
@@ -411,6 +437,7 @@ mod tests {
             max_events: 100,
             max_bytes: 1 << 20,
             max_linger_ms: 50,
+            low_latency: false,
         });
         assert!(b.deadline().is_none());
         let t0 = Instant::now();

@@ -125,12 +125,33 @@ pub struct SpoolConfig {
     /// Size at which a new segment file is started.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
-    /// fsync every append (turn off only for benchmarks of the rest of the pipeline).
+    /// `false` turns every fsync off, whatever `sync` says (benchmarks of the
+    /// rest of the pipeline).
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// When spooled batches reach the disk: `auto` (default: `off` when every
+    /// source is a file, glob or watched directory, which can be re-read,
+    /// else `group`), `every_batch`, `group` or `off`.
+    #[serde(default)]
+    pub sync: SyncSetting,
     /// Largest interval between checkpoint writes, milliseconds.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
+}
+
+/// The configured spool sync policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncSetting {
+    /// Chosen from the sources (see [`AgentConfig::spool_sync`]).
+    #[default]
+    Auto,
+    /// One fsync per batch.
+    EveryBatch,
+    /// Group commit.
+    Group,
+    /// No fsync.
+    Off,
 }
 
 fn default_spool_bytes() -> u64 {
@@ -153,6 +174,10 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Longest time the first event of a batch waits for more, milliseconds.
     pub max_linger_ms: u64,
+    /// Low latency: a batch is sent as soon as the source has no further
+    /// event waiting (no linger at low rates; at high rates events queue up
+    /// and batches still fill), and `spool.sync = "auto"` does not fsync.
+    pub low_latency: bool,
 }
 
 impl Default for BatchConfig {
@@ -161,6 +186,7 @@ impl Default for BatchConfig {
             max_events: 64,
             max_bytes: 4 * 1024 * 1024,
             max_linger_ms: 200,
+            low_latency: false,
         }
     }
 }
@@ -705,6 +731,28 @@ impl AgentConfig {
             return Err("spool.max_bytes must be positive".into());
         }
         Ok(())
+    }
+
+    /// Whether every source can be read again after a crash (HDF5 file,
+    /// glob or watched directory: the files stay where they are).
+    pub fn sources_rereadable(&self) -> bool {
+        self.sources.iter().all(|s| s.hdf5.is_some())
+    }
+
+    /// The spool's effective sync policy.
+    pub fn spool_sync(&self) -> crate::spool::SpoolSync {
+        use crate::spool::SpoolSync;
+        if !self.spool.fsync {
+            return SpoolSync::Off;
+        }
+        match self.spool.sync {
+            SyncSetting::Auto if self.sources_rereadable() || self.batch.low_latency => {
+                SpoolSync::Off
+            }
+            SyncSetting::Auto | SyncSetting::Group => SpoolSync::Group,
+            SyncSetting::EveryBatch => SpoolSync::EveryBatch,
+            SyncSetting::Off => SpoolSync::Off,
+        }
     }
 
     /// Codec options from `[encode]`.

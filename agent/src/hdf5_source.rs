@@ -647,6 +647,9 @@ struct Cursor {
     /// Resume position (file and event within it).
     resume: Option<Position>,
     next_index: u64,
+    /// Skip events until this index (a resume point known only as an event
+    /// index, from JetStream): whole files by their event counts, in order.
+    skip_to: Option<u64>,
 }
 
 impl Cursor {
@@ -695,6 +698,16 @@ fn read_file(
     tracing::info!(source = %ctx.name, file = %path.display(), events = total, start, "reading file");
     let key = path_key(path);
     let mut at = start;
+    if let Some(target) = cursor.skip_to {
+        let skip = target
+            .saturating_sub(cursor.next_index)
+            .min(total.saturating_sub(at));
+        at += skip;
+        cursor.next_index += skip;
+        if cursor.next_index >= target {
+            cursor.skip_to = None;
+        }
+    }
     while at < total {
         if ctx.stopping() {
             return FileOutcome::Stop;
@@ -753,9 +766,18 @@ pub fn run_hdf5(
     tx: SyncSender<SourceMessage>,
 ) {
     let layout = Layout::from_config(config);
+    // A position without a file is an event index to skip to.
+    let skip_to = resume
+        .as_ref()
+        .filter(|p| p.file.is_none() && p.next_index > 0)
+        .map(|p| p.next_index);
     let mut cursor = Cursor {
-        next_index: resume.as_ref().map(|p| p.next_index).unwrap_or(0),
-        resume,
+        next_index: match skip_to {
+            Some(_) => 0,
+            None => resume.as_ref().map(|p| p.next_index).unwrap_or(0),
+        },
+        resume: resume.filter(|p| p.file.is_some()),
+        skip_to,
     };
     // Files read and files skipped by this run, and the last skip's error.
     let mut read_ok = 0u64;

@@ -6,7 +6,7 @@
 //! [`spool`] and publishes them into JetStream with pipelined acks.
 //!
 //! ```text
-//! reader thread ──events──▶ batcher thread ──encode, append+fsync──▶ spool
+//! reader thread ──events──▶ batcher thread ──encode, append──────▶ spool
 //!                                                                      │
 //!                       publisher task ◀──read in seq order────────────┘
 //!                       (pipelined publishes, acks advance the spool head)
@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod process;
 pub mod psana_source;
 pub mod publisher;
+pub mod resume;
 pub mod sample;
 pub mod source;
 pub mod spool;

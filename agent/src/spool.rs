@@ -2,9 +2,11 @@
 //!
 //! Why: batch boundaries depend on timing, so after a crash re-reading and
 //! re-batching would produce different `Nats-Msg-Id`s and break
-//! deduplication. Instead every encoded batch is appended here (with fsync)
+//! deduplication. Instead every encoded batch is appended here
 //! together with the source's read position *after* the batch, before it is
-//! published. On restart, every spooled but unacknowledged batch is
+//! published ([`SpoolSync`] says when it reaches the disk: per batch, by
+//! group commit for live sources, or never for re-readable files, which
+//! resume from what JetStream holds after a machine crash). On restart, every spooled but unacknowledged batch is
 //! republished with its original ids (JetStream drops those it already
 //! stored, within the stream's duplicate window) and each source resumes
 //! reading after its last spooled position.
@@ -165,8 +167,27 @@ pub struct SpoolOptions {
     pub max_bytes: u64,
     /// Segment size at which a new segment is started.
     pub segment_bytes: u64,
-    /// fsync every append.
-    pub fsync: bool,
+    /// When appended records reach the disk.
+    pub sync: SpoolSync,
+}
+
+/// When spooled records are made durable (fsync).
+///
+/// A process killed with `kill -9` loses nothing the spool wrote, synced or
+/// not: the page cache belongs to the kernel. fsync protects only against a
+/// crash of the machine itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolSync {
+    /// One fsync per appended batch, before it can be published.
+    EveryBatch,
+    /// Group commit: before the publisher sends a record, one fsync covers
+    /// every record appended so far.
+    #[default]
+    Group,
+    /// No fsync of segments or checkpoint: for sources that can be re-read,
+    /// whose resume point after a machine crash comes from JetStream.
+    Off,
 }
 
 #[derive(Debug)]
@@ -218,6 +239,8 @@ pub struct Spool {
     inner: Mutex<Inner>,
     /// The active segment's file; held across a whole append.
     writer: Mutex<Option<File>>,
+    /// Every seq up to this one is on disk (group commit).
+    synced: Mutex<u64>,
     space: Condvar,
     appended: tokio::sync::Notify,
     gauges: std::sync::OnceLock<std::sync::Arc<crate::metrics::Metrics>>,
@@ -420,6 +443,7 @@ impl Spool {
                 options,
                 inner: Mutex::new(inner),
                 writer: Mutex::new(None),
+                synced: Mutex::new(max_seq),
                 space: Condvar::new(),
                 appended: tokio::sync::Notify::new(),
                 gauges: std::sync::OnceLock::new(),
@@ -515,13 +539,20 @@ impl Spool {
         let frame = encode_frame(seq, &body);
         drop(body);
         let frame_len = frame.len() as u64;
+        if roll && self.options.sync == SpoolSync::Group {
+            // Group commit syncs only the active segment: finish the old one.
+            if let Some(old) = writer.as_ref() {
+                old.sync_data()
+                    .map_err(io_err(&active, "syncing the previous segment"))?;
+            }
+        }
         if roll || writer.is_none() {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&active)
                 .map_err(io_err(&active, "opening a segment"))?;
-            if roll {
+            if roll && self.options.sync != SpoolSync::Off {
                 sync_dir(&self.dir);
             }
             *writer = Some(file);
@@ -529,7 +560,7 @@ impl Spool {
         let file = writer.as_mut().expect("writer");
         file.write_all(&frame)
             .map_err(io_err(&active, "appending to the spool"))?;
-        if self.options.fsync {
+        if self.options.sync == SpoolSync::EveryBatch {
             file.sync_data()
                 .map_err(io_err(&active, "syncing the spool"))?;
         }
@@ -553,8 +584,47 @@ impl Spool {
         self.publish_depth(&inner);
         drop(inner);
         drop(writer);
+        // Group commit: the first appender to sync covers every record
+        // written so far; appends meanwhile join the next group. The
+        // publisher reads only synced records.
+        self.sync_through(seq)?;
         self.appended.notify_one();
         Ok(Some(seq))
+    }
+
+    /// Group commit: makes every record up to at least `seq` durable with one
+    /// fsync covering everything written so far. A no-op unless the policy
+    /// is [`SpoolSync::Group`] or when an earlier call already covered `seq`.
+    pub fn sync_through(&self, seq: u64) -> Result<(), AgentError> {
+        if self.options.sync != SpoolSync::Group {
+            return Ok(());
+        }
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= seq {
+            return Ok(());
+        }
+        // Appends hold the writer lock while writing: once it is ours, every
+        // seq below next_seq is written. Sync a clone outside the lock so
+        // appends go on meanwhile (they join the next group).
+        let (file, through) = {
+            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let through = self.lock().next_seq - 1;
+            match writer.as_ref() {
+                Some(f) => (
+                    f.try_clone()
+                        .map_err(io_err(&self.dir, "cloning the segment handle"))?,
+                    through,
+                ),
+                None => {
+                    *synced = through;
+                    return Ok(());
+                }
+            }
+        };
+        file.sync_data()
+            .map_err(io_err(&self.dir, "syncing the spool"))?;
+        *synced = (*synced).max(through);
+        Ok(())
     }
 
     /// Waits until a record is appended (or [`Spool::close`] is called).
@@ -606,11 +676,15 @@ impl Spool {
             let mut f = File::create(&tmp).map_err(io_err(&tmp, "writing the checkpoint"))?;
             f.write_all(&bytes)
                 .map_err(io_err(&tmp, "writing the checkpoint"))?;
-            f.sync_all()
-                .map_err(io_err(&tmp, "syncing the checkpoint"))?;
+            if self.options.sync != SpoolSync::Off {
+                f.sync_all()
+                    .map_err(io_err(&tmp, "syncing the checkpoint"))?;
+            }
         }
         fs::rename(&tmp, &path).map_err(io_err(&path, "replacing the checkpoint"))?;
-        sync_dir(&self.dir);
+        if self.options.sync != SpoolSync::Off {
+            sync_dir(&self.dir);
+        }
         let mut inner = self.lock();
         inner.persisted_acked = inner.persisted_acked.max(acked);
         // Delete segments entirely at or below the persisted head, never the active one.
@@ -639,6 +713,17 @@ impl Spool {
     /// The next seq to be appended.
     pub fn next_seq(&self) -> u64 {
         self.lock().next_seq
+    }
+
+    /// The last seq the publisher may read: with group commit, the last
+    /// synced one; otherwise the last appended one.
+    pub fn readable_through(&self) -> u64 {
+        let appended = self.next_seq() - 1;
+        if self.options.sync == SpoolSync::Group {
+            (*self.synced.lock().unwrap_or_else(|e| e.into_inner())).min(appended)
+        } else {
+            appended
+        }
     }
 
     /// Unacknowledged batches and bytes.
@@ -693,7 +778,7 @@ impl SpoolReader<'_> {
 
     /// The next record, or `None` when it is not appended yet.
     pub fn next_record(&mut self) -> Result<Option<SpoolRecord>, AgentError> {
-        if self.next >= self.spool.next_seq() {
+        if self.next > self.spool.readable_through() {
             return Ok(None);
         }
         for _ in 0..3 {
@@ -767,7 +852,7 @@ mod tests {
         SpoolOptions {
             max_bytes: 1 << 20,
             segment_bytes: 2000,
-            fsync: false,
+            sync: SpoolSync::Off,
         }
     }
 
@@ -791,6 +876,40 @@ mod tests {
                 headers: vec![("Nats-Msg-Id".into(), format!("id-{first}"))],
                 payload: vec![first as u8; size],
             }],
+        }
+    }
+
+    #[test]
+    fn every_sync_policy_reads_back_across_segments_and_reopens() {
+        for sync in [SpoolSync::EveryBatch, SpoolSync::Group, SpoolSync::Off] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = SpoolOptions { sync, ..options() };
+            let (spool, _) = Spool::open(dir.path(), options.clone()).unwrap();
+            // Appends from two threads at once (two sources): group commit
+            // lets each through only once a sync covers it.
+            std::thread::scope(|scope| {
+                for source in ["a", "b"] {
+                    let spool = &spool;
+                    scope.spawn(move || {
+                        for i in 0..8 {
+                            spool.append(record(source, i * 2, 700)).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(spool.readable_through(), 16, "{sync:?}");
+            let mut reader = spool.reader(1);
+            let mut seqs = Vec::new();
+            while let Some(r) = reader.next_record().unwrap() {
+                seqs.push(r.seq);
+            }
+            assert_eq!(seqs, (1..=16).collect::<Vec<_>>(), "{sync:?}");
+            spool.ack(1);
+            spool.checkpoint().unwrap();
+            drop(spool);
+            let (reopened, rec) = Spool::open(dir.path(), options).unwrap();
+            assert_eq!(rec.pending_batches, 15, "{sync:?}");
+            assert_eq!(reopened.readable_through(), 16, "{sync:?}");
         }
     }
 

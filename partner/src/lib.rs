@@ -43,5 +43,5 @@ pub use lclstream_nats::protocol::requests::{
     DatasetGrant, DatasetList, DatasetRequest, End, ErrorBody, ErrorCode, Notice, ReleaseReply,
     ReleaseRequest, Start, UsageReply,
 };
-pub use pull::{PullOptions, PullSummary, StopReason};
+pub use pull::{default_decode_threads, PullOptions, PullSummary, StopReason};
 pub use sink::{BatchInfo, CallbackSink, EventKey, EventSink};

@@ -1,7 +1,7 @@
 //! Pulling a granted dataset: batches within the pull limits, reassembly,
 //! decoding, writing, then acknowledging.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -28,6 +28,17 @@ pub struct PullOptions {
     pub expires: Duration,
     /// Limits protecting the decoder.
     pub decode_limits: DecodeLimits,
+    /// Batches decoded at once on blocking threads (1: decode inline).
+    /// Events still reach the sink in arrival order, so order per subject is
+    /// kept, and messages are acknowledged only after the sink flushed them.
+    pub decode_threads: usize,
+}
+
+/// The default number of decode threads: the available cores.
+pub fn default_decode_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Default for PullOptions {
@@ -39,6 +50,7 @@ impl Default for PullOptions {
             idle_timeout: Duration::from_secs(30),
             expires: Duration::from_secs(2),
             decode_limits: DecodeLimits::default(),
+            decode_threads: default_decode_threads(),
         }
     }
 }
@@ -118,7 +130,9 @@ impl PartnerClient {
         let batch_bytes = limit(options.batch_bytes, grant.pull.max_bytes).min(1 << 30);
         let mut reassembler = Reassembler::new(options.decode_limits);
         let mut held: HashMap<String, Vec<jetstream::Message>> = HashMap::new();
-        let mut summary = PullSummary {
+        let threads = options.decode_threads.max(1);
+        let mut pending: VecDeque<PendingBatch> = VecDeque::new();
+        let summary = PullSummary {
             events: 0,
             duplicates: 0,
             batches: 0,
@@ -127,15 +141,24 @@ impl PartnerClient {
             rejected: 0,
             stop: StopReason::Idle,
         };
+        let mut delivery = Delivery {
+            sink,
+            summary,
+            options,
+            client: &self.client,
+        };
         let mut last_message = Instant::now();
         loop {
-            if options.max_events.is_some_and(|max| summary.events >= max) {
-                summary.stop = StopReason::MaxEvents;
+            if options
+                .max_events
+                .is_some_and(|max| delivery.summary.events >= max)
+            {
+                delivery.summary.stop = StopReason::MaxEvents;
                 break;
             }
             let idle_left = options.idle_timeout.saturating_sub(last_message.elapsed());
             if idle_left.is_zero() {
-                summary.stop = StopReason::Idle;
+                delivery.summary.stop = StopReason::Idle;
                 break;
             }
             let expires = options
@@ -156,7 +179,32 @@ impl PartnerClient {
             let mut stopping: Option<StopReason> = None;
             let mut delivered = 0u64;
             loop {
-                let next = match tokio::time::timeout(deadline, batch.next()).await {
+                // While the oldest batch decodes, also take the next message;
+                // once it is decoded, deliver it without waiting for more
+                // messages (acks must not wait for the pull request to end).
+                let received = match pending.front_mut().map(|f| &mut f.decoding) {
+                    Some(Decoding::Started(handle)) => tokio::select! {
+                        joined = handle => {
+                            let front = pending.front_mut().expect("a pending batch");
+                            front.decoding = match joined {
+                                Ok(result) => Decoding::Done(Box::new(result)),
+                                Err(e) => Decoding::Failed(e.to_string()),
+                            };
+                            None
+                        }
+                        next = tokio::time::timeout(deadline, batch.next()) => Some(next),
+                    },
+                    Some(_) => None,
+                    None => Some(tokio::time::timeout(deadline, batch.next()).await),
+                };
+                let Some(received) = received else {
+                    while pending.front().is_some_and(PendingBatch::is_decoded) {
+                        let front = pending.pop_front().expect("a pending batch");
+                        delivery.complete(front, &mut stopping).await?;
+                    }
+                    continue;
+                };
+                let next = match received {
                     Ok(Some(next)) => next,
                     Ok(None) | Err(_) => break,
                 };
@@ -184,6 +232,9 @@ impl PartnerClient {
                 };
                 delivered += 1;
                 if stopping.is_some() {
+                    // Redeliveries come in the order of the naks: hand back
+                    // what is held in stream order before anything newer.
+                    hand_back(&mut delivery, &mut pending, &mut held, &mut stopping).await?;
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     continue;
                 }
@@ -193,13 +244,17 @@ impl PartnerClient {
                     .map_err(|e| PartnerError::Protocol(format!("message metadata: {e}")))?;
                 let sequence = info.stream_sequence;
                 if beyond_end(&grant.end, &info) {
+                    // Batches before it belong to the dataset: deliver them first.
+                    while let Some(front) = pending.pop_front() {
+                        delivery.complete(front, &mut stopping).await?;
+                    }
                     // Not part of the dataset: leave it to whoever reads on.
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     stopping = Some(StopReason::EndOfDataset);
                     continue;
                 }
-                summary.messages += 1;
-                summary.bytes += message.payload.len() as u64;
+                delivery.summary.messages += 1;
+                delivery.summary.bytes += message.payload.len() as u64;
                 let headers = message.headers.clone().unwrap_or_default();
                 let whole = match reassembler.push(&headers, message.payload.clone()) {
                     Ok(Some(whole)) => whole,
@@ -212,7 +267,7 @@ impl PartnerClient {
                     }
                     Err(e) => {
                         tracing::warn!("dropping message {sequence} on {}: {e}", message.subject);
-                        summary.rejected += 1;
+                        delivery.summary.rejected += 1;
                         let _ = message.ack_with(AckKind::Term).await;
                         continue;
                     }
@@ -222,95 +277,220 @@ impl PartnerClient {
                     .to_string();
                 let mut messages = held.remove(&id).unwrap_or_default();
                 messages.push(message);
-                let decoded = match wire::decode(
-                    Some(&whole.headers),
-                    &whole.payload,
-                    &options.decode_limits,
-                ) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!("dropping undecodable batch {id} at {sequence}: {e}");
-                        summary.rejected += messages.len() as u64;
-                        for m in messages {
-                            let _ = m.ack_with(AckKind::Term).await;
-                        }
-                        continue;
-                    }
-                };
-                let batch_info = BatchInfo {
-                    experiment: decoded.experiment.clone(),
-                    run: decoded.run,
-                    source: decoded.source.clone(),
-                    subject: messages[messages.len() - 1].subject.to_string(),
-                    stream_sequence: sequence,
-                };
-                let room = options
-                    .max_events
-                    .map(|max| max.saturating_sub(summary.events))
-                    .unwrap_or(u64::MAX);
-                let mut fresh = Vec::new();
-                let mut complete = true;
-                for event in decoded.events {
-                    if sink.contains(&batch_info.key(event.index)) {
-                        summary.duplicates += 1;
-                    } else if (fresh.len() as u64) < room {
-                        fresh.push(event);
-                    } else {
-                        complete = false;
-                    }
-                }
-                let written = fresh.len() as u64;
-                if written > 0 {
-                    if let Err(e) = sink.write(&batch_info, fresh).and_then(|_| sink.flush()) {
-                        // Hand the batch back at once (a rerun gets it again and
-                        // reports the same error, never "complete") and stop:
-                        // retrying here would fail the same way forever.
-                        for m in messages.iter().chain(held.values().flatten()) {
-                            let _ = m.ack_with(AckKind::Nak(None)).await;
-                        }
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
-                        return Err(PartnerError::Sink(format!(
-                            "batch {id} (stream sequence {sequence}, {}) cannot be written: {e:#}; \
-                             it was handed back and is delivered again on the next pull",
-                            batch_info.subject
-                        )));
-                    }
-                }
-                summary.events += written;
-                if complete {
-                    summary.batches += 1;
-                    for m in &messages {
-                        // Confirmed ack: once it returns the server will not redeliver.
-                        m.double_ack()
-                            .await
-                            .map_err(|e| PartnerError::Nats(format!("ack of {sequence}: {e}")))?;
-                    }
+                let limits = options.decode_limits;
+                let decoding = if threads > 1 {
+                    Decoding::Started(tokio::task::spawn_blocking(move || {
+                        wire::decode(Some(&whole.headers), &whole.payload, &limits)
+                    }))
                 } else {
-                    // Only part of the batch was wanted: hand it back at once
-                    // (the written part is skipped on redelivery by a sink that remembers).
-                    for m in &messages {
-                        let _ = m.ack_with(AckKind::Nak(None)).await;
-                    }
-                    stopping = Some(StopReason::MaxEvents);
-                    continue;
-                }
-                if options.max_events.is_some_and(|max| summary.events >= max) {
-                    stopping = Some(StopReason::MaxEvents);
+                    Decoding::Done(Box::new(wire::decode(
+                        Some(&whole.headers),
+                        &whole.payload,
+                        &limits,
+                    )))
+                };
+                pending.push_back(PendingBatch {
+                    id,
+                    sequence,
+                    messages,
+                    decoding,
+                });
+                // Hand batches to the sink in arrival order: wait for the
+                // oldest when the window is full, else take the finished ones.
+                while pending.len() > threads
+                    || pending.front().is_some_and(PendingBatch::is_decoded)
+                {
+                    let front = pending.pop_front().expect("a pending batch");
+                    delivery.complete(front, &mut stopping).await?;
                 }
             }
+            while let Some(front) = pending.pop_front() {
+                delivery.complete(front, &mut stopping).await?;
+            }
             if let Some(reason) = stopping {
-                summary.stop = reason;
+                delivery.summary.stop = reason;
                 break;
             }
         }
         // Chunks of incomplete batches: give them back rather than wait for ack_wait.
-        for (_, messages) in held {
-            for m in messages {
+        nak_held(&mut held).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+        Ok(delivery.summary)
+    }
+}
+
+/// Naks the chunks of incomplete batches in stream order.
+async fn nak_held(held: &mut HashMap<String, Vec<jetstream::Message>>) {
+    let mut messages: Vec<(u64, jetstream::Message)> = held
+        .drain()
+        .flat_map(|(_, m)| m)
+        .map(|m| (m.info().map(|i| i.stream_sequence).unwrap_or(0), m))
+        .collect();
+    messages.sort_by_key(|(seq, _)| *seq);
+    for (_, m) in messages {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+/// Once stopping: every pending batch is handed back (or, at the dataset's
+/// end, delivered), then the held chunks, so redeliveries keep stream order.
+async fn hand_back(
+    delivery: &mut Delivery<'_>,
+    pending: &mut VecDeque<PendingBatch>,
+    held: &mut HashMap<String, Vec<jetstream::Message>>,
+    stopping: &mut Option<StopReason>,
+) -> Result<(), PartnerError> {
+    while let Some(front) = pending.pop_front() {
+        delivery.complete(front, stopping).await?;
+    }
+    nak_held(held).await;
+    Ok(())
+}
+
+/// A decode that runs on a blocking thread, or that already ran inline.
+enum Decoding {
+    Started(tokio::task::JoinHandle<Result<wire::Batch, wire::WireError>>),
+    Done(Box<Result<wire::Batch, wire::WireError>>),
+    /// The decoding thread panicked.
+    Failed(String),
+}
+
+/// A complete batch (all its chunks received) on its way to the sink.
+struct PendingBatch {
+    id: String,
+    sequence: u64,
+    messages: Vec<jetstream::Message>,
+    decoding: Decoding,
+}
+
+impl PendingBatch {
+    fn is_decoded(&self) -> bool {
+        match &self.decoding {
+            Decoding::Started(handle) => handle.is_finished(),
+            Decoding::Done(_) | Decoding::Failed(_) => true,
+        }
+    }
+}
+
+/// The sink side of a pull: writes decoded batches in arrival order, flushes,
+/// then acknowledges (never before the sink has the events).
+struct Delivery<'a> {
+    sink: &'a mut dyn EventSink,
+    summary: PullSummary,
+    options: &'a PullOptions,
+    client: &'a async_nats::Client,
+}
+
+impl Delivery<'_> {
+    async fn complete(
+        &mut self,
+        batch: PendingBatch,
+        stopping: &mut Option<StopReason>,
+    ) -> Result<(), PartnerError> {
+        let PendingBatch {
+            id,
+            sequence,
+            messages,
+            decoding,
+        } = batch;
+        if *stopping == Some(StopReason::MaxEvents) {
+            // Received before the stop, behind a batch that reached the limit:
+            // hand it back for the next pull.
+            for m in &messages {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
             }
+            return Ok(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
-        Ok(summary)
+        let decoded = match decoding {
+            Decoding::Started(handle) => handle
+                .await
+                .map_err(|e| PartnerError::Protocol(format!("decoding batch {id}: {e}")))?,
+            Decoding::Done(result) => *result,
+            Decoding::Failed(e) => {
+                return Err(PartnerError::Protocol(format!("decoding batch {id}: {e}")))
+            }
+        };
+        let decoded = match decoded {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("dropping undecodable batch {id} at {sequence}: {e}");
+                self.summary.rejected += messages.len() as u64;
+                for m in messages {
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+                return Ok(());
+            }
+        };
+        let batch_info = BatchInfo {
+            experiment: decoded.experiment.clone(),
+            run: decoded.run,
+            source: decoded.source.clone(),
+            subject: messages[messages.len() - 1].subject.to_string(),
+            stream_sequence: sequence,
+        };
+        let room = self
+            .options
+            .max_events
+            .map(|max| max.saturating_sub(self.summary.events))
+            .unwrap_or(u64::MAX);
+        let mut fresh = Vec::new();
+        let mut complete = true;
+        for event in decoded.events {
+            if self.sink.contains(&batch_info.key(event.index)) {
+                self.summary.duplicates += 1;
+            } else if (fresh.len() as u64) < room {
+                fresh.push(event);
+            } else {
+                complete = false;
+            }
+        }
+        let written = fresh.len() as u64;
+        if written > 0 {
+            if let Err(e) = self
+                .sink
+                .write(&batch_info, fresh)
+                .and_then(|_| self.sink.flush())
+            {
+                // Hand the batch back at once (a rerun gets it again and
+                // reports the same error, never "complete") and stop:
+                // retrying here would fail the same way forever. Batches
+                // behind it come back after the ack wait.
+                for m in &messages {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
+                return Err(PartnerError::Sink(format!(
+                    "batch {id} (stream sequence {sequence}, {}) cannot be written: {e:#}; \
+                     it was handed back and is delivered again on the next pull",
+                    batch_info.subject
+                )));
+            }
+        }
+        self.summary.events += written;
+        if complete {
+            self.summary.batches += 1;
+            for m in &messages {
+                // Confirmed ack: once it returns the server will not redeliver.
+                m.double_ack()
+                    .await
+                    .map_err(|e| PartnerError::Nats(format!("ack of {sequence}: {e}")))?;
+            }
+        } else {
+            // Only part of the batch was wanted: hand it back at once
+            // (the written part is skipped on redelivery by a sink that remembers).
+            for m in &messages {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+            *stopping = Some(StopReason::MaxEvents);
+            return Ok(());
+        }
+        if self
+            .options
+            .max_events
+            .is_some_and(|max| self.summary.events >= max)
+        {
+            *stopping = Some(StopReason::MaxEvents);
+        }
+        Ok(())
     }
 }

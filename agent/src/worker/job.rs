@@ -424,6 +424,7 @@ impl JobRun<'_> {
             max_events: request.batch.max_events,
             max_bytes: request.batch.max_bytes,
             max_linger_ms: u64::MAX / 2,
+            low_latency: false,
         };
         let mut batcher = Batcher::new(limits);
         let mut current_run = request.run;

@@ -66,6 +66,10 @@ pub struct PullArgs {
     /// Release the consumer after pulling (a later pull with the label starts over).
     #[arg(long)]
     release: bool,
+    /// Threads decoding batches at once (0: one per available core); events
+    /// still reach the output in order and are acknowledged after it has them.
+    #[arg(long, default_value_t = 0)]
+    decode_threads: usize,
 }
 
 fn parse_start(text: &str) -> anyhow::Result<Start> {
@@ -135,6 +139,10 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
         batch_bytes: args.batch_bytes,
         max_events: args.max_events,
         idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+        decode_threads: match args.decode_threads {
+            0 => lclstream_partner::default_decode_threads(),
+            n => n,
+        },
         ..Default::default()
     };
     let summary = client.pull(&grant, &options, sink.as_mut()).await?;

@@ -48,6 +48,10 @@ pub struct LatencyBenchArgs {
     /// fsync every spool append (as in production).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fsync: bool,
+    /// Also run each linger with `batch.low_latency = true` (flush when the
+    /// source is idle; the spool's auto sync policy then does not fsync).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub low_latency: bool,
 }
 
 /// Latencies of one case, in milliseconds, sorted.
@@ -110,7 +114,11 @@ pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<()> {
         let events = ((rate * args.seconds).round() as u64).max(1);
         run += 1;
         results.push(raw_case(&js, run, rate, events, &args).await?);
-        for &linger in &args.lingers {
+        let mut cases: Vec<(u64, bool)> = args.lingers.iter().map(|&l| (l, false)).collect();
+        if args.low_latency {
+            cases.extend(args.lingers.iter().map(|&l| (l, true)));
+        }
+        for &(linger, low_latency) in &cases {
             run += 1;
             let subject = format!("lcls.bench.bench1.{run}.lat");
             let grant = support::grant(&client, &subject, &format!("lat{run}")).await?;
@@ -140,6 +148,7 @@ pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<()> {
                 max_events: args.batch_events,
                 linger_ms: linger,
                 fsync: args.fsync,
+                low_latency,
                 ..AgentBatching::default()
             };
             let toml = support::agent_toml(
@@ -161,8 +170,13 @@ pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<()> {
                 name: "agent -> partner library".into(),
                 rate,
                 batching: format!(
-                    "<= {} events, linger {linger} ms, shuffle+lz4",
-                    args.batch_events
+                    "<= {} events, linger {linger} ms{}, shuffle+lz4",
+                    args.batch_events,
+                    if low_latency {
+                        ", low_latency (flush when idle, no fsync)"
+                    } else {
+                        ""
+                    }
                 ),
                 ms,
             });
@@ -183,15 +197,15 @@ pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<()> {
         let p50 = support::percentile(&raw.ms, 0.5).max(1e-6);
         let ratios: Vec<String> = of_rate[1..]
             .iter()
-            .zip(&args.lingers)
-            .map(|(r, linger)| {
+            .map(|r| {
                 format!(
-                    "linger {linger} ms x{:.1}",
+                    "{} x{:.1}",
+                    r.batching,
                     support::percentile(&r.ms, 0.5) / p50
                 )
             })
             .collect();
-        println!("{rate:.0} Hz: agent p50 / raw p50: {}", ratios.join(", "));
+        println!("{rate:.0} Hz: agent p50 / raw p50: {}", ratios.join("; "));
     }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct PullBenchArgs {
     /// Messages per pull request (the consumer's max_batch).
     #[arg(long, default_value_t = 64)]
     pub pull_batch: i64,
+    /// Decode threads of the parallel partner case (0: one per available core).
+    #[arg(long, default_value_t = 0)]
+    pub decode_threads: usize,
 }
 
 /// Runs the pull benchmark.
@@ -146,14 +149,26 @@ pub async fn run(args: PullBenchArgs) -> anyhow::Result<()> {
     );
     let gateway = support::BenchGateway::start(&url, 4, &limits).await?;
     let client = support::partner(&url).await?;
-    let grant = support::grant(&client, filter, "bench-pull").await?;
-    let (summary, partner) = support::partner_pull_counting(&client, &grant, args.events).await?;
-    anyhow::ensure!(
-        partner.raw_bytes == data_bytes && summary.messages == messages,
-        "partner received {} array bytes in {} messages, expected {data_bytes} in {messages}",
-        partner.raw_bytes,
-        summary.messages
-    );
+    // One decode thread (the baseline of parallel decode), then the default.
+    let threads = if args.decode_threads == 0 {
+        lclstream_partner::default_decode_threads()
+    } else {
+        args.decode_threads
+    };
+    let mut partners = Vec::new();
+    for (label, n) in [("bench-pull-1", 1), ("bench-pull-n", threads)] {
+        let grant = support::grant(&client, filter, label).await?;
+        let (summary, rate) =
+            support::partner_pull_counting_threads(&client, &grant, args.events, n).await?;
+        anyhow::ensure!(
+            rate.raw_bytes == data_bytes && summary.messages == messages,
+            "partner received {} array bytes in {} messages, expected {data_bytes} in {messages}",
+            rate.raw_bytes,
+            summary.messages
+        );
+        partners.push(rate);
+    }
+    let (one, partner) = (partners[0], partners[1]);
     gateway.handle.shutdown().await;
 
     println!();
@@ -163,9 +178,19 @@ pub async fn run(args: PullBenchArgs) -> anyhow::Result<()> {
     println!("{}", decode.row("stage alone: decode in memory (1 thread)"));
     println!(
         "{}",
-        partner.row("partner library: pull + decode + double_ack")
+        one.row("partner library: pull + decode + double_ack, 1 decode thread")
+    );
+    println!(
+        "{}",
+        partner.row(&format!(
+            "partner library: pull + decode + double_ack, {threads} decode threads"
+        ))
     );
     println!();
+    println!(
+        "partner {threads} decode threads / 1 decode thread: {:.2}",
+        partner.events_per_sec() / one.events_per_sec()
+    );
     println!(
         "partner / raw: {:.2} (vs plain ack), {:.2} (vs confirmed ack); partner / decode alone: {:.2}; \
          MB/s raw count event array bytes",

@@ -138,6 +138,8 @@ pub struct AgentBatching {
     pub fsync: bool,
     /// `spool.max_bytes`.
     pub spool_bytes: u64,
+    /// `batch.low_latency`.
+    pub low_latency: bool,
 }
 
 impl Default for AgentBatching {
@@ -148,6 +150,7 @@ impl Default for AgentBatching {
             linger_ms: 100,
             fsync: true,
             spool_bytes: 512 * 1024 * 1024,
+            low_latency: false,
         }
     }
 }
@@ -167,6 +170,7 @@ max_bytes = {}
 max_events = {}
 max_bytes = {}
 max_linger_ms = {}
+low_latency = {}
 [encode]
 max_payload = 8388608
 [publish]
@@ -179,7 +183,8 @@ drain_timeout_ms = 20000
         batching.spool_bytes,
         batching.max_events,
         batching.max_bytes,
-        batching.linger_ms
+        batching.linger_ms,
+        batching.low_latency
     )
 }
 
@@ -441,6 +446,17 @@ pub async fn partner_pull_counting(
     grant: &DatasetGrant,
     events: u64,
 ) -> anyhow::Result<(PullSummary, Rate)> {
+    let threads = lclstream_partner::default_decode_threads();
+    partner_pull_counting_threads(client, grant, events, threads).await
+}
+
+/// [`partner_pull_counting`] with `decode_threads` decoding batches at once.
+pub async fn partner_pull_counting_threads(
+    client: &PartnerClient,
+    grant: &DatasetGrant,
+    events: u64,
+    decode_threads: usize,
+) -> anyhow::Result<(PullSummary, Rate)> {
     let array_bytes = Arc::new(AtomicU64::new(0));
     let last_ns = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -455,6 +471,7 @@ pub async fn partner_pull_counting(
         max_events: Some(events),
         idle_timeout: Duration::from_secs(10),
         expires: Duration::from_millis(500),
+        decode_threads,
         ..Default::default()
     };
     let summary = step("partner pull", client.pull(grant, &options, &mut sink)).await??;
