@@ -235,6 +235,7 @@ impl PartnerClient {
                     source: decoded.source.clone(),
                     subject: messages[messages.len() - 1].subject.to_string(),
                     stream_sequence: sequence,
+                    wire_bytes: whole.payload.len() as u64,
                 };
                 let room = options
                     .max_events
