@@ -23,7 +23,9 @@ fn viewer_shows_a_live_stream_in_chromium() {
         "run scripts/setup first: it installs Debian chromium and npm playwright-core (integration/js)"
     );
     let mut demo = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-        .args(["demo", "--events", "20", "--height", "200", "--width", "300"])
+        .args([
+            "demo", "--events", "20", "--height", "200", "--width", "300",
+        ])
         .args(["--live-seconds", "0", "--rate-hz", &RATE_HZ.to_string()])
         .args(["--view", "--view-bind", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -55,7 +57,9 @@ fn viewer_shows_a_live_stream_in_chromium() {
         (out, screenshot)
     });
     // Ctrl-C, as a person would stop it; the demo must then exit cleanly.
-    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
     let mut status = None;
     for _ in 0..300 {
         if let Ok(Some(s)) = demo.try_wait() {
@@ -76,8 +80,13 @@ fn viewer_shows_a_live_stream_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(report.contains("refused"), "the error names the refusal: {report}");
-    assert!(std::fs::metadata(&screenshot).map(|m| m.len() > 1000).unwrap_or(false));
+    assert!(
+        report.contains("refused"),
+        "the error names the refusal: {report}"
+    );
+    assert!(std::fs::metadata(&screenshot)
+        .map(|m| m.len() > 1000)
+        .unwrap_or(false));
     assert!(
         status.is_some_and(|s| s.success()),
         "demo --view did not exit cleanly after Ctrl-C: {status:?}"

@@ -18,21 +18,43 @@ pub fn to_f32(array: &Array) -> Option<(usize, usize, Vec<f32>)> {
     array.validate().ok()?;
     // Leading dimensions (panels, modules) are stacked vertically.
     let width = *array.shape.last()? as usize;
-    let height = array.shape[..array.shape.len() - 1]
-        .iter()
-        .product::<u64>() as usize;
+    let height = array.shape[..array.shape.len() - 1].iter().product::<u64>() as usize;
     let d = &array.data;
     let values: Vec<f32> = match array.dtype {
         DType::U8 => d.iter().map(|&v| v as f32).collect(),
         DType::I8 => d.iter().map(|&v| v as i8 as f32).collect(),
-        DType::U16 => d.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect(),
-        DType::I16 => d.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
-        DType::U32 => d.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect(),
-        DType::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect(),
-        DType::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
-        DType::U64 => d.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect(),
-        DType::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect(),
-        DType::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect(),
+        DType::U16 => d
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
+        DType::I16 => d
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
+        DType::U32 => d
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
+            .collect(),
+        DType::I32 => d
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
+            .collect(),
+        DType::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect(),
+        DType::U64 => d
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
+            .collect(),
+        DType::I64 => d
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
+            .collect(),
+        DType::F64 => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32)
+            .collect(),
     };
     (values.len() == width * height && width > 0 && height > 0).then_some((width, height, values))
 }
@@ -61,7 +83,13 @@ pub fn downsample(width: usize, height: usize, values: &[f32]) -> (usize, usize,
     let out = sum
         .iter()
         .zip(&count)
-        .map(|(&s, &c)| if c == 0 { f32::NAN } else { (s / c as f64) as f32 })
+        .map(|(&s, &c)| {
+            if c == 0 {
+                f32::NAN
+            } else {
+                (s / c as f64) as f32
+            }
+        })
         .collect();
     (w, h, out)
 }
@@ -92,7 +120,12 @@ pub fn to_npy(array: &Array) -> Vec<u8> {
         1 => format!("({},)", array.shape[0]),
         _ => format!(
             "({})",
-            array.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            array
+                .shape
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut header = format!(
@@ -141,7 +174,15 @@ mod tests {
 
     #[test]
     fn big_frames_and_odd_dtypes_convert() {
-        let array = Array::new(DType::I16, vec![2, 2], [-1i16, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect()).unwrap();
+        let array = Array::new(
+            DType::I16,
+            vec![2, 2],
+            [-1i16, 2, 3, 4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        )
+        .unwrap();
         let (w, h, v) = to_f32(&array).unwrap();
         assert_eq!((w, h), (2, 2));
         assert_eq!(v, vec![-1.0, 2.0, 3.0, 4.0]);

@@ -223,10 +223,24 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
     let state = &shared.state;
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/") => {
-            respond(&mut stream, "200 OK", "text/html; charset=utf-8", "", INDEX_HTML.as_bytes()).await
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/html; charset=utf-8",
+                "",
+                INDEX_HTML.as_bytes(),
+            )
+            .await
         }
         ("GET", "/app.js") => {
-            respond(&mut stream, "200 OK", "text/javascript; charset=utf-8", "", APP_JS.as_bytes()).await
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/javascript; charset=utf-8",
+                "",
+                APP_JS.as_bytes(),
+            )
+            .await
         }
         ("GET", "/api/status") => {
             let body = serde_json::to_vec(&state.status())?;
@@ -240,7 +254,9 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 .await?;
             loop {
                 let json = serde_json::to_string(&state.status())?;
-                stream.write_all(format!("data: {json}\n\n").as_bytes()).await?;
+                stream
+                    .write_all(format!("data: {json}\n\n").as_bytes())
+                    .await?;
                 stream.flush().await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -254,9 +270,25 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                     body.extend_from_slice(&v.to_le_bytes());
                 }
                 let seq = format!("X-Frame-Seq: {}\r\n", frame.seq);
-                respond(&mut stream, "200 OK", "application/octet-stream", &seq, &body).await
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "application/octet-stream",
+                    &seq,
+                    &body,
+                )
+                .await
             }
-            None => respond(&mut stream, "404 Not Found", "text/plain", "", b"no frame yet").await,
+            None => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    "",
+                    b"no frame yet",
+                )
+                .await
+            }
         },
         ("GET", "/api/frame.npy") => match state.frame() {
             Some(frame) => {
@@ -265,9 +297,25 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                     "Content-Disposition: attachment; filename=\"frame-{}.npy\"\r\n",
                     frame.seq
                 );
-                respond(&mut stream, "200 OK", "application/octet-stream", &name, &body).await
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "application/octet-stream",
+                    &name,
+                    &body,
+                )
+                .await
             }
-            None => respond(&mut stream, "404 Not Found", "text/plain", "", b"no frame yet").await,
+            None => {
+                respond(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    "",
+                    b"no frame yet",
+                )
+                .await
+            }
         },
         ("POST", "/api/control") => {
             for (key, value) in &request.query {
@@ -278,8 +326,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                     "field" if !value.is_empty() => state.set_field(value),
                     "pause" => state.set_paused(value == "1" || value == "true"),
                     "roi" => {
-                        let parts: Vec<usize> =
-                            value.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+                        let parts: Vec<usize> = value
+                            .split(',')
+                            .filter_map(|p| p.trim().parse().ok())
+                            .collect();
                         if let [x0, y0, x1, y1] = parts[..] {
                             state.set_roi([x0, y0, x1, y1]);
                         }

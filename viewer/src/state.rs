@@ -152,8 +152,13 @@ impl ViewState {
         let now = Instant::now();
         let mut s = self.lock();
         s.events += events.len() as u64;
-        s.samples.push_back((now, events.len() as u64, raw, wire_bytes));
-        while s.samples.front().is_some_and(|(t, ..)| now.duration_since(*t) > RATE_WINDOW) {
+        s.samples
+            .push_back((now, events.len() as u64, raw, wire_bytes));
+        while s
+            .samples
+            .front()
+            .is_some_and(|(t, ..)| now.duration_since(*t) > RATE_WINDOW)
+        {
             s.samples.pop_front();
         }
         if s.paused || events.is_empty() {
@@ -241,9 +246,9 @@ impl ViewState {
             .map(|(t, ..)| now.duration_since(*t).as_secs_f64())
             .unwrap_or(0.0)
             .max(1.0);
-        let (events, raw, wire) = recent
-            .iter()
-            .fold((0, 0, 0), |acc, (_, e, r, w)| (acc.0 + e, acc.1 + r, acc.2 + w));
+        let (events, raw, wire) = recent.iter().fold((0, 0, 0), |acc, (_, e, r, w)| {
+            (acc.0 + e, acc.1 + r, acc.2 + w)
+        });
         let frame = s.frame.as_ref();
         Status {
             source: s.source.clone(),
