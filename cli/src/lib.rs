@@ -36,6 +36,8 @@ pub enum Command {
     Gateway(commands::gateway::GatewayArgs),
     /// Request a dataset through the gateway and pull it as a partner institution.
     Pull(commands::pull::PullArgs),
+    /// Watch a stream live in a browser (latest frame, trends, rates), as a partner.
+    View(commands::view::ViewArgs),
     /// Run, render and inspect nats-server deployments.
     #[command(subcommand)]
     Nats(commands::nats::NatsCommand),
@@ -82,6 +84,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Sample(args) => commands::sample::run(args).await,
             Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Pull(args) => commands::pull::run(args).await,
+            Command::View(args) => commands::view::run(args).await,
             Command::Nats(cmd) => commands::nats::run(cmd).await,
             Command::Init(args) => commands::init::run(args).await,
             Command::Keygen(args) => commands::keygen::run(args).await,

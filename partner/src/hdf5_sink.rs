@@ -604,6 +604,7 @@ mod tests {
             source: "det".into(),
             subject: "s".into(),
             stream_sequence: 1,
+            wire_bytes: 0,
         }
     }
 

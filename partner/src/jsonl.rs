@@ -175,6 +175,7 @@ mod tests {
             source: "s".into(),
             subject: "lcls.mfx.e.3.s".into(),
             stream_sequence: 1,
+            wire_bytes: 0,
         }
     }
 

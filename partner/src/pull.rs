@@ -278,6 +278,7 @@ impl PartnerClient {
                 let mut messages = held.remove(&id).unwrap_or_default();
                 messages.push(message);
                 let limits = options.decode_limits;
+                let wire_bytes = whole.payload.len() as u64;
                 let decoding = if threads > 1 {
                     Decoding::Started(tokio::task::spawn_blocking(move || {
                         wire::decode(Some(&whole.headers), &whole.payload, &limits)
@@ -292,6 +293,7 @@ impl PartnerClient {
                 pending.push_back(PendingBatch {
                     id,
                     sequence,
+                    wire_bytes,
                     messages,
                     decoding,
                 });
@@ -359,6 +361,8 @@ enum Decoding {
 struct PendingBatch {
     id: String,
     sequence: u64,
+    /// Payload bytes as they crossed the wire (all chunks).
+    wire_bytes: u64,
     messages: Vec<jetstream::Message>,
     decoding: Decoding,
 }
@@ -390,6 +394,7 @@ impl Delivery<'_> {
         let PendingBatch {
             id,
             sequence,
+            wire_bytes,
             messages,
             decoding,
         } = batch;
@@ -427,6 +432,7 @@ impl Delivery<'_> {
             source: decoded.source.clone(),
             subject: messages[messages.len() - 1].subject.to_string(),
             stream_sequence: sequence,
+            wire_bytes,
         };
         let room = self
             .options

@@ -28,6 +28,8 @@ pub struct BatchInfo {
     pub subject: String,
     /// Stream sequence of the batch's (last) message.
     pub stream_sequence: u64,
+    /// Bytes of the batch's payload as it crossed the wire (all chunks).
+    pub wire_bytes: u64,
 }
 
 impl BatchInfo {

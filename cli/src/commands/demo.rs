@@ -10,6 +10,9 @@
 //! 6. a live phase: a synthetic detector at a fixed rate, measuring latency
 //!    from event read at the agent to event decoded at the partner.
 //!
+//! 7. with `--view`: a synthetic detector that keeps publishing and the web
+//!    viewer (`lclstream view`) on it, until Ctrl-C.
+//!
 //! Exits non-zero if any event is missing, duplicated or different.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +41,7 @@ const EXPERIMENT: &str = "mfxdemo01";
 const INSTITUTION: &str = "demo-university";
 const BACKFILL_RUN: u32 = 1;
 const LIVE_RUN: u32 = 2;
+const VIEW_RUN: u32 = 3;
 
 /// Arguments of `lclstream demo`.
 #[derive(clap::Args)]
@@ -62,6 +66,13 @@ pub struct DemoArgs {
     /// temporary one that is removed at exit.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// After the checks, keep a synthetic detector publishing at --rate-hz
+    /// and serve the web viewer on it until Ctrl-C.
+    #[arg(long)]
+    pub view: bool,
+    /// Address of the viewer with --view (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub view_bind: std::net::SocketAddr,
 }
 
 /// Runs the demo.
@@ -83,13 +94,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let world = World::start(&dir).await?;
     let outcome = run_phases(&args, &dir, &world).await;
+    let audit_lines = || {
+        std::fs::read_to_string(dir.join("audit.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let viewed = match &outcome {
+        Ok(summary) if args.view => {
+            summary.print(audit_lines());
+            Some(view_phase(&args, &dir, &world).await)
+        }
+        _ => None,
+    };
     world.gateway.shutdown().await;
-    let audit_lines = std::fs::read_to_string(dir.join("audit.jsonl"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
+    let audit_lines = audit_lines();
     drop(world.server);
     let summary = outcome?;
-    summary.print(audit_lines);
+    match viewed {
+        Some(viewed) => viewed?,
+        None => {
+            summary.print(audit_lines);
+            println!("  watch it live       lclstream demo --view (a web page on loopback)");
+        }
+    }
     if let Some(keep) = &args.keep {
         println!("  files kept in       {}", keep.display());
     }
@@ -527,4 +554,51 @@ async fn live_phase(
         p99_ms: pick(0.99),
         max_ms: ms[ms.len() - 1],
     })
+}
+
+/// A synthetic detector publishing until Ctrl-C, watched by the web viewer
+/// through the partner's own consumer.
+async fn view_phase(args: &DemoArgs, dir: &Path, world: &World) -> anyhow::Result<()> {
+    let subject = DataSubject::new(INSTRUMENT, EXPERIMENT, VIEW_RUN, "detector")
+        .map_err(anyhow::Error::msg)?;
+    // A day of events: the detector runs until Ctrl-C stops it.
+    let events = (args.rate_hz * 86_400.0) as u64;
+    let config = world.agent_config(
+        dir,
+        &format!(
+            "[[sources]]\nname = \"detector\"\nrun = {VIEW_RUN}\n[sources.synthetic]\nheight = {}\nwidth = {}\nrate_hz = {}\nevents = {events}\n",
+            args.height, args.width, args.rate_hz
+        ),
+    )?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(Agent::new(config).run(async move {
+        let _ = stopped.await;
+    }));
+    let partner = world.partner().await?;
+    let viewer = lclstream_viewer::Viewer::start_partner(
+        partner,
+        args.view_bind,
+        &subject.to_string(),
+        None,
+    )
+    .await?;
+    println!(
+        "live view           synthetic detector at {} Hz on {subject}",
+        args.rate_hz
+    );
+    println!("viewer              {}", viewer.url());
+    println!("                    (Ctrl-C stops the demo)");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    drop(viewer);
+    let _ = stop.send(());
+    let report = tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .context("the live view's agent did not stop")???;
+    println!(
+        "live view           stopped after {} events",
+        report.events_published
+    );
+    Ok(())
 }

@@ -11,4 +11,5 @@ pub mod nats;
 pub mod policy;
 pub mod pull;
 pub mod sample;
+pub mod view;
 pub mod worker;
