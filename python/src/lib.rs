@@ -38,7 +38,12 @@ type CallOutcome = (bool, String, String);
 impl NativeClient {
     #[new]
     #[pyo3(signature = (url, institution, seed=None))]
-    fn new(py: Python<'_>, url: String, institution: String, seed: Option<String>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        url: String,
+        institution: String,
+        seed: Option<String>,
+    ) -> PyResult<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -88,7 +93,11 @@ impl NativeClient {
     ) -> PyResult<NativePuller> {
         let grant: DatasetGrant = serde_json::from_str(grant_json)
             .map_err(|e| PyValueError::new_err(format!("not a dataset grant: {e}")))?;
-        let js = self.client.jetstream(&grant.api_prefix);
+        // The JetStream context spawns a task: it must be made inside the runtime.
+        let js = {
+            let _inside = self.runtime.enter();
+            self.client.jetstream(&grant.api_prefix)
+        };
         let consumer: PullConsumer = py
             .detach(|| {
                 self.runtime
@@ -107,7 +116,9 @@ impl NativeClient {
             client: self.client.client().clone(),
             consumer,
             end: grant.end.clone(),
-            batch_messages: batch_messages.max(1).min(granted(grant.pull.max_batch, 4096)),
+            batch_messages: batch_messages
+                .max(1)
+                .min(granted(grant.pull.max_batch, 4096)),
             batch_bytes: granted(grant.pull.max_bytes, 1 << 30),
             threads: threads.max(1),
             limits,
@@ -233,7 +244,9 @@ impl NativePuller {
                 continue;
             }
             let headers = message.headers.clone().unwrap_or_default();
-            let id = h::get(&headers, h::BATCH_ID).unwrap_or_default().to_string();
+            let id = h::get(&headers, h::BATCH_ID)
+                .unwrap_or_default()
+                .to_string();
             match self.reassembler.push(&headers, message.payload.clone()) {
                 Ok(Some(whole)) => {
                     let mut group = self.held.remove(&id).unwrap_or_default();

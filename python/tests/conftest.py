@@ -58,6 +58,7 @@ max_batch = 64
 max_bytes = 67_108_864
 max_ack_pending = 256
 inactive_threshold_secs = 3600
+ack_wait_secs = 3
 """
 
 

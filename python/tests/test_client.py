@@ -72,7 +72,7 @@ def test_resume_after_a_killed_worker(deployment) -> None:
     client = lclstream.Client(deployment.url, institution="ucsd")
     grant = client.request([FILTER], label="crash")
     assert grant["resumed"] is True
-    rest = [e.index for e in client.stream(grant).events(idle_timeout=40)]
+    rest = [e.index for e in client.stream(grant).events(idle_timeout=10)]
     assert set(lost) <= set(rest)
     assert sorted(set(done) | set(rest)) == list(range(EVENTS))
 
@@ -95,7 +95,3 @@ def test_quota_refusals(deployment) -> None:
     with pytest.raises(lclstream.GatewayError) as refused:
         client.request([FILTER], label="b")
     assert refused.value.code == "quota_consumers"
-    with pytest.raises(lclstream.GatewayError) as refused:
-        for _ in range(5):
-            client.request([FILTER], label="a")
-    assert refused.value.code == "quota_requests"
