@@ -81,6 +81,18 @@ fn check(command: &str, doc: &Path) -> Result<(), String> {
             Cli::try_parse_from(&args).map_err(|e| format!("{part:?} does not parse:\n{e}"))?;
             continue;
         }
+        // `pip install ./dir` installs a package of the repository.
+        if first == "pip" {
+            for dir in words.iter().filter(|w| w.starts_with("./")) {
+                if !repo().join(dir).join("pyproject.toml").is_file() {
+                    return Err(format!(
+                        "{} installs {dir}, which has no pyproject.toml",
+                        doc.display()
+                    ));
+                }
+            }
+            continue;
+        }
         let runs_file = match first.as_str() {
             // `python3 -m module` and `python3 -c code` run no file of the repository.
             "python3" => words.get(1).filter(|w| !w.starts_with('-')),
