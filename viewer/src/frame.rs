@@ -1,6 +1,6 @@
 //! Array fields as images: element conversion, downsampling and `.npy` export.
 
-use lclstream_nats::wire::{Array, DType, Filter};
+use lclstream_nats::wire::{Array, DType};
 
 /// Largest side of the preview sent to browsers; larger frames are binned.
 pub const MAX_PREVIEW_SIDE: usize = 512;
@@ -12,10 +12,8 @@ pub fn to_f32(array: &Array) -> Option<(usize, usize, Vec<f32>)> {
         return None;
     }
     let mut array = array.clone();
-    if array.filter != Filter::None {
-        array.unshuffle();
-    }
     array.validate().ok()?;
+    array.remove_filter().ok()?;
     // Leading dimensions (panels, modules) are stacked vertically.
     let width = *array.shape.last()? as usize;
     let height = array.shape[..array.shape.len() - 1].iter().product::<u64>() as usize;
@@ -111,11 +109,11 @@ pub fn roi_sum(width: usize, height: usize, values: &[f32], roi: [usize; 4]) -> 
 
 /// The array as a NumPy `.npy` file (format 1.0): magic, header dict padded
 /// with spaces to a multiple of 64 bytes, then the little-endian data.
-pub fn to_npy(array: &Array) -> Vec<u8> {
+/// `None` for an array whose data is not a whole number of elements.
+pub fn to_npy(array: &Array) -> Option<Vec<u8>> {
     let mut array = array.clone();
-    if array.filter != Filter::None {
-        array.unshuffle();
-    }
+    array.validate().ok()?;
+    array.remove_filter().ok()?;
     let shape = match array.shape.len() {
         1 => format!("({},)", array.shape[0]),
         _ => format!(
@@ -141,7 +139,7 @@ pub fn to_npy(array: &Array) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&array.data);
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -163,7 +161,7 @@ mod tests {
     #[test]
     fn npy_header_is_padded_and_describes_the_array() {
         let array = Array::from_u16(vec![2, 3], &[1, 2, 3, 4, 5, 65535]).unwrap();
-        let npy = to_npy(&array);
+        let npy = to_npy(&array).unwrap();
         assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
         let len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
         assert_eq!((10 + len) % 64, 0);

@@ -292,7 +292,16 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
         },
         ("GET", "/api/frame.npy") => match state.frame() {
             Some(frame) => {
-                let body = crate::frame::to_npy(&frame.array);
+                let Some(body) = crate::frame::to_npy(&frame.array) else {
+                    return respond(
+                        &mut stream,
+                        "422 Unprocessable Entity",
+                        "text/plain",
+                        "",
+                        b"the current frame's data is not a whole number of elements",
+                    )
+                    .await;
+                };
                 let name = format!(
                     "Content-Disposition: attachment; filename=\"frame-{}.npy\"\r\n",
                     frame.seq
