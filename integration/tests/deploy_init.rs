@@ -17,7 +17,19 @@ struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
+        // SIGTERM first: a `lclstream nats server` stops its nats-server
+        // (SIGKILL would leave that running); then SIGKILL what is left.
         for (_, child) in &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        for (_, child) in &mut self.0 {
+            for _ in 0..100 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -129,8 +129,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
-    drop(server);
+    // SIGTERM too: a service manager or a test harness stops the server cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    tokio::task::spawn_blocking(move || drop(server)).await?;
     Ok(())
 }
 
