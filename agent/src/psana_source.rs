@@ -193,6 +193,32 @@ pub fn read_events(
     }
 }
 
+/// Marks every descriptor above stderr close-on-exec in the helper. The HDF5
+/// library opens files without it, so a helper would otherwise hold the
+/// agent's open files, and their locks, for as long as it runs.
+fn close_inherited_descriptors(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes only async-signal-safe
+    // system calls (close_range, fcntl) and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Kernels before 5.11: one descriptor at a time.
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Kills the helper when dropped (agent stopping, batcher gone, error).
 struct HelperProcess(Child);
 
@@ -291,14 +317,16 @@ fn run_helper(
     deliver: &mut dyn FnMut(Event) -> bool,
 ) -> HelperEnd {
     let python = python_of(config);
-    let child = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .arg("-c")
         .arg(HELPER)
         .arg(helper_arguments(config, default_run, *next))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    close_inherited_descriptors(&mut command);
+    let child = command.spawn();
     let mut child = match child {
         Ok(c) => HelperProcess(c),
         Err(e) => {
@@ -507,6 +535,39 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         script
+    }
+
+    #[test]
+    fn the_helper_inherits_no_descriptor_of_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        // Opened the way the HDF5 library opens files: without close-on-exec.
+        let held = dir.path().join("held.h5");
+        std::fs::write(&held, b"x").unwrap();
+        let path = std::ffi::CString::new(held.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the descriptor is closed below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let script = dir.path().join("python");
+        let listing = dir.path().join("fds.txt");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nls -l /proc/$$/fd > '{}'\n", listing.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = config(vec!["/d/r.xtc2".into()]);
+        config.python = Some(script);
+        let result = read_events(&config, 1, 0, &|| false, &mut |_| true);
+        // SAFETY: the descriptor opened above.
+        unsafe { libc::close(fd) };
+        assert!(result.is_err(), "a helper that sends nothing fails");
+        let fds = std::fs::read_to_string(&listing).unwrap();
+        assert!(fds.contains("pipe:"), "the listing is of the helper: {fds}");
+        assert!(
+            !fds.contains("held.h5"),
+            "the helper inherited the file: {fds}"
+        );
     }
 
     #[test]
