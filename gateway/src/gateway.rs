@@ -281,6 +281,25 @@ pub async fn connect(
         .with_context(|| format!("connecting to {}", config.url))
 }
 
+/// Connects the way a gateway of `config` connects for its own work: as
+/// the gateway's service user (from `[auth] keys_dir`) when it has one, else
+/// with the `[nats]` credentials. Operations tools (`lclstream gateway
+/// status`) use it to read the shared buckets of the facility account.
+pub async fn connect_as_service(
+    config: &GatewayConfig,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let seed = match &config.auth {
+        Some(auth) => {
+            let keys = GatewayKeys::load_or_generate(&auth.keys_dir, auth.encrypt)
+                .map_err(|e| anyhow::anyhow!("gateway keys in {}: {e}", auth.keys_dir.display()))?;
+            Some(GatewayKeys::seed_of(&keys.service_user))
+        }
+        None => None,
+    };
+    connect(&config.nats, seed, name).await
+}
+
 /// Starts gateways.
 pub struct Gateway;
 
