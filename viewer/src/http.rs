@@ -106,6 +106,8 @@ struct Request {
     path: String,
     query: Vec<(String, String)>,
     host: Option<String>,
+    /// The `X-Lclstream-Viewer` header, sent by the page's own script.
+    from_page: bool,
 }
 
 async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>> {
@@ -130,10 +132,18 @@ async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>>
     let method = first.next().unwrap_or_default().to_string();
     let target = first.next().unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let host = lines
+    let headers: Vec<(&str, &str)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, v)| v.trim().to_string());
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_string())
+    };
+    let host = header("host");
+    let from_page = header(CONTROL_HEADER).is_some();
     Ok(Some(Request {
         method,
         path: path.to_string(),
@@ -146,8 +156,14 @@ async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>>
             })
             .collect(),
         host,
+        from_page,
     }))
 }
+
+/// Header the page's script sets on control requests. A page of another
+/// site cannot send it without a CORS preflight, which this server never
+/// grants, so a cross-site form or fetch cannot drive the viewer.
+const CONTROL_HEADER: &str = "X-Lclstream-Viewer";
 
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -327,6 +343,16 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             }
         },
         ("POST", "/api/control") => {
+            if !request.from_page {
+                return respond(
+                    &mut stream,
+                    "403 Forbidden",
+                    "text/plain",
+                    "",
+                    b"control requests come from the viewer's page (X-Lclstream-Viewer header)",
+                )
+                .await;
+            }
             for (key, value) in &request.query {
                 match key.as_str() {
                     "source" if !value.is_empty() => {
@@ -364,5 +390,54 @@ mod tests {
         assert!(!host_allowed(Some("attacker.example:8080"), addr));
         assert!(!host_allowed(None, addr));
         assert_eq!(percent_decode("lcls.mfx.a%2Eb.%3E"), "lcls.mfx.a.b.>");
+    }
+
+    /// Sends one raw request and returns the status line.
+    async fn status_of(addr: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response);
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn other_sites_cannot_drive_the_viewer() {
+        let state = Arc::new(ViewState::new("partner", "lcls.mfx.>", None));
+        let (selection, choice) = watch::channel("lcls.mfx.>".to_string());
+        let viewer = serve("127.0.0.1:0".parse().unwrap(), state, selection)
+            .await
+            .unwrap();
+        let addr = viewer.addr();
+        let post = |host: &str, extra: &str| {
+            format!(
+                "POST /api/control?source=lcls.mfx.other.%3E HTTP/1.1\r\nHost: {host}\r\n\
+                 Origin: http://attacker.example\r\n{extra}Content-Length: 0\r\n\r\n"
+            )
+        };
+        let here = addr.to_string();
+        // A cross-site form post: right Host (the browser sends the target's),
+        // no page header. Refused, and the selection is unchanged.
+        assert!(status_of(addr, &post(&here, "")).await.contains("403"));
+        assert_eq!(*choice.borrow(), "lcls.mfx.>");
+        // The preflight a cross-site fetch with the header needs is not granted.
+        let preflight = format!(
+            "OPTIONS /api/control HTTP/1.1\r\nHost: {here}\r\nOrigin: http://attacker.example\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-lclstream-viewer\r\n\r\n"
+        );
+        let answer = status_of(addr, &preflight).await;
+        assert!(
+            !answer.contains("200") && !answer.contains("204"),
+            "{answer}"
+        );
+        // DNS rebinding: another name for this address.
+        let rebound = post("attacker.example", "X-Lclstream-Viewer: 1\r\n");
+        assert!(status_of(addr, &rebound).await.contains("403"));
+        assert_eq!(*choice.borrow(), "lcls.mfx.>");
+        // The page itself.
+        let own = post(&here, "X-Lclstream-Viewer: 1\r\n");
+        assert!(status_of(addr, &own).await.contains("204"));
+        assert_eq!(*choice.borrow(), "lcls.mfx.other.>");
     }
 }

@@ -152,7 +152,12 @@ function update(status) {
 }
 
 function control(params) {
-  return fetch("/api/control?" + new URLSearchParams(params), { method: "POST" });
+  // The header proves the request comes from this page (the server refuses
+  // control requests without it: a cross-site form cannot set it).
+  return fetch("/api/control?" + new URLSearchParams(params), {
+    method: "POST",
+    headers: { "X-Lclstream-Viewer": "1" },
+  });
 }
 
 $("apply").onclick = () => { frameSeq = 0; control({ source: $("source").value }); };
