@@ -11,7 +11,7 @@ pub mod frame;
 pub mod http;
 pub mod state;
 
-pub use feed::{PartnerFeed, Selection};
+pub use feed::{Access, PartnerFeed, Selection};
 pub use http::{serve, ViewerHandle};
 pub use state::ViewState;
 
@@ -36,10 +36,41 @@ impl Viewer {
         source: &str,
         field: Option<String>,
     ) -> anyhow::Result<Viewer> {
-        let state = Arc::new(ViewState::new("partner", source, field));
+        Viewer::start(partner, Access::Partner, bind, source, field).await
+    }
+
+    /// Serves `bind` with the events of `source` on `stream`, read by a
+    /// facility operator (`client` holds facility credentials) through a
+    /// consumer of its own.
+    pub async fn start_operator(
+        client: async_nats::Client,
+        stream: &str,
+        bind: SocketAddr,
+        source: &str,
+        field: Option<String>,
+    ) -> anyhow::Result<Viewer> {
+        let operator = PartnerClient::from_client(client, "operator");
+        let access = Access::Operator {
+            stream: stream.to_string(),
+        };
+        Viewer::start(operator, access, bind, source, field).await
+    }
+
+    async fn start(
+        client: PartnerClient,
+        access: Access,
+        bind: SocketAddr,
+        source: &str,
+        field: Option<String>,
+    ) -> anyhow::Result<Viewer> {
+        let mode = match access {
+            Access::Partner => "partner",
+            Access::Operator { .. } => "operator",
+        };
+        let state = Arc::new(ViewState::new(mode, source, field));
         let (selection, chosen) = tokio::sync::watch::channel(source.to_string());
         let http = serve(bind, state.clone(), selection).await?;
-        let feed = PartnerFeed::start(partner, state, chosen);
+        let feed = PartnerFeed::start(client, access, state, chosen);
         Ok(Viewer { http, _feed: feed })
     }
 

@@ -18,12 +18,17 @@ pub struct ViewArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     url: String,
-    /// File holding the institution's nkey seed (omit on servers without authentication).
+    /// File holding the nkey seed: the institution's, or with --stream an
+    /// operator's (omit on servers without authentication).
     #[arg(long)]
     seed: Option<PathBuf>,
-    /// Institution id.
+    /// Institution id (a partner's view, through the gateway).
+    #[arg(long, required_unless_present = "stream", conflicts_with = "stream")]
+    institution: Option<String>,
+    /// Operator's view: watch this stream (e.g. LCLS_MFX) directly with
+    /// facility credentials, on a consumer of the viewer's own.
     #[arg(long)]
-    institution: String,
+    stream: Option<String>,
     /// Subject filter to watch first, e.g. lcls.mfx.mfxp1234.>; the page can change it.
     #[arg(long)]
     subject: String,
@@ -47,20 +52,42 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let who = match (&args.institution, &args.stream) {
+        (Some(institution), _) => format!("{institution}'s granted data"),
+        (None, Some(stream)) => format!("stream {stream}"),
+        (None, None) => unreachable!("clap requires --institution or --stream"),
+    };
     if !args.bind.ip().is_loopback() {
         eprintln!(
-            "warning: the viewer listens on {}, not loopback: whoever reaches it sees {}'s granted data",
-            args.bind, args.institution
+            "warning: the viewer listens on {}, not loopback: whoever reaches it sees {who}",
+            args.bind
         );
     }
-    let partner = PartnerClient::connect(&PartnerConfig {
-        url: args.url.clone(),
-        institution: args.institution.clone(),
-        seed,
-    })
-    .await
-    .with_context(|| format!("connecting to {} as {}", args.url, args.institution))?;
-    let viewer = Viewer::start_partner(partner, args.bind, &args.subject, args.field).await?;
+    let viewer = match (&args.institution, &args.stream) {
+        (Some(institution), _) => {
+            let partner = PartnerClient::connect(&PartnerConfig {
+                url: args.url.clone(),
+                institution: institution.clone(),
+                seed,
+            })
+            .await
+            .with_context(|| format!("connecting to {} as {institution}", args.url))?;
+            Viewer::start_partner(partner, args.bind, &args.subject, args.field).await?
+        }
+        (None, Some(stream)) => {
+            let options = match seed {
+                Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
+                None => async_nats::ConnectOptions::new(),
+            };
+            let client = options
+                .name("lclstream-view")
+                .connect(args.url.as_str())
+                .await
+                .with_context(|| format!("connecting to {}", args.url))?;
+            Viewer::start_operator(client, stream, args.bind, &args.subject, args.field).await?
+        }
+        (None, None) => unreachable!("clap requires --institution or --stream"),
+    };
     println!("viewer              {}", viewer.url());
     tokio::signal::ctrl_c().await?;
     Ok(())
