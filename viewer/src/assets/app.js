@@ -152,7 +152,11 @@ function update(status) {
 }
 
 function control(params) {
-  return fetch("/api/control?" + new URLSearchParams(params), { method: "POST" });
+  const token = document.querySelector('meta[name="lclstream-token"]').content;
+  return fetch("/api/control?" + new URLSearchParams(params), {
+    method: "POST",
+    headers: { "X-Lclstream-Token": token },
+  });
 }
 
 $("apply").onclick = () => { frameSeq = 0; control({ source: $("source").value }); };
