@@ -79,12 +79,17 @@ impl Deployment {
         config.quota.gateway_id = Some(id.to_string());
         let path = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{id}.log")))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
             .args(["gateway", "--config"])
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("lclstream gateway starts");
         self.gateways.push((id.to_string(), child));
@@ -119,10 +124,26 @@ impl Deployment {
                     return leader;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateways {ids:?} did not all show up"
-            );
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = ids
+                    .iter()
+                    .map(|id| {
+                        let log =
+                            std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
+                                .unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        format!(
+                            "--- {id}:\n{}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "gateways {ids:?} did not all show up (heartbeats: {:?})\n{}",
+                    gateways(&self.js).await,
+                    logs.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -462,4 +483,136 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
         "the old meter stands down"
     );
     assert!(!states[2].lead().await.unwrap());
+}
+
+impl Deployment {
+    /// Stops gateway `id` with SIGTERM (as a rolling restart does) and waits
+    /// (bounded) for it to exit cleanly.
+    fn terminate(&mut self, id: &str) {
+        let at = self
+            .gateways
+            .iter()
+            .position(|(name, _)| name == id)
+            .expect("a gateway of that id");
+        let (_, mut child) = self.gateways.remove(at);
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM delivered");
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "gateway {id} stopped with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("gateway {id} did not stop within 15 s of SIGTERM");
+    }
+}
+
+#[tokio::test]
+async fn rolling_restart_and_policy_reload_reach_every_gateway() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 200;
+    quotas.concurrent_consumers = 64;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas.clone());
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(std::slice::from_ref(&ucsd)).await;
+    publish(&d.js, "mfxp1234", 3, 10, 3, 16).await;
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+
+    // The operator's view: both gateways and the one that meters.
+    let status = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args(["gateway", "status", "--config"])
+        .arg(d.dir.path().join("gw-a.toml"))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("2 gateway(s) live"), "{text}");
+    assert!(text.contains("gw-a") && text.contains("gw-b"), "{text}");
+    assert_eq!(text.matches("(meter)").count(), 1, "{text}");
+
+    // A partner keeps connecting and requesting, one after another, while
+    // each gateway is restarted in turn (bounded: 60 attempts, within the
+    // 64 consumer slots).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (url, key, stop) = (d.server.url(), key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..60 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                let outcome =
+                    connect_and_request(url.clone(), key.clone(), format!("roll-{i}")).await;
+                outcomes.push((outcome, started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            outcomes
+        })
+    };
+    for id in ["gw-a", "gw-b"] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.terminate(id);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.start_gateway(id);
+        d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = step("the requesting partner", client).await.unwrap();
+    let slowest = outcomes.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    eprintln!(
+        "rolling restart: {} connect+request, slowest {slowest:?}",
+        outcomes.len()
+    );
+    assert!(outcomes.len() >= 5, "{outcomes:?}");
+    for (outcome, _) in &outcomes {
+        assert!(
+            matches!(outcome, Outcome::Granted),
+            "a request during the rolling restart was not granted: {outcome:?}"
+        );
+    }
+    // Every grant counted once: none lost, none twice.
+    assert_eq!(d.counted_requests("ucsd").await, outcomes.len());
+
+    // A policy change (the grant moves to another experiment) is applied by
+    // every gateway: requests landing on either are refused, and both audit it.
+    let mut moved = policy("ucsd", &["lcls.mfx.otherexp.>"], quotas);
+    moved.keys = ucsd.keys.clone();
+    write_policies(&d.policies, &[moved]);
+    let mut refused = 0;
+    for i in 0..100 {
+        match connect_and_request(d.server.url(), key.clone(), format!("after-{i}")).await {
+            Outcome::Refused(_) => refused += 1,
+            Outcome::Granted => refused = 0,
+            lost => panic!("unanswered after the policy change: {lost:?}"),
+        }
+        // Twelve refusals in a row: both gateways have reloaded (each
+        // connection's request lands on either through the queue group).
+        if refused == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        refused, 12,
+        "the new policy was not applied by every gateway"
+    );
+    for id in ["gw-a", "gw-b"] {
+        let denied = d
+            .audit_lines(&[id])
+            .iter()
+            .filter(|l| l["action"] == "request" && l["decision"] != "allow")
+            .count();
+        assert!(denied > 0, "{id} never applied the new policy");
+    }
 }

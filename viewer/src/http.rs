@@ -522,6 +522,19 @@ mod tests {
         )
         .await;
         assert!(own.starts_with("HTTP/1.1 204"), "{own}");
+        // The preflight a cross-site fetch with the header needs is never granted.
+        let preflight = raw(
+            addr,
+            &format!(
+                "OPTIONS /api/control HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://attacker.example\r\n\
+                 Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-lclstream-token\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(preflight.starts_with("HTTP/1.1 404"), "{preflight}");
+        assert!(!preflight
+            .to_ascii_lowercase()
+            .contains("access-control-allow"));
         assert_eq!(*watched.borrow(), "lcls.b.>");
     }
 }

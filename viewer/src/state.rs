@@ -271,3 +271,34 @@ impl ViewState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lclstream_nats::wire::{Array, Scalar};
+
+    #[test]
+    fn memory_stays_bounded_however_long_the_stream() {
+        let state = ViewState::new("operator", "lcls.mfx.>", None);
+        let frame = Array::from_u16(vec![8, 8], &[7; 64]).unwrap();
+        for batch in 0..(TREND_EVENTS as u64 / 10 + 50) {
+            let events: Vec<Event> = (0..10)
+                .map(|i| Event {
+                    index: batch * 10 + i,
+                    time_ns: 1_000_000_000 + batch * 10 + i,
+                    scalars: [("gas".to_string(), Scalar::Float(1.0))].into(),
+                    arrays: [("jungfrau".to_string(), frame.clone())].into(),
+                })
+                .collect();
+            state.ingest(&events, 100);
+        }
+        let status = state.status();
+        assert_eq!(status.trend.len(), TREND_EVENTS);
+        assert_eq!(status.events, (TREND_EVENTS as u64 / 10 + 50) * 10);
+        // The newest events are kept, the oldest dropped.
+        let last = status.trend.last().unwrap();
+        assert_eq!(last.roi, Some(7.0 * 16.0));
+        assert!(state.frame().is_some_and(|f| f.width == 8));
+    }
+}
+
