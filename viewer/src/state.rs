@@ -301,4 +301,3 @@ mod tests {
         assert!(state.frame().is_some_and(|f| f.width == 8));
     }
 }
-
