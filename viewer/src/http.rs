@@ -9,7 +9,10 @@
 //!
 //! Requests must name this server in `Host` (a loopback name or the bound
 //! address), so that a web page elsewhere cannot reach it through DNS
-//! rebinding. Each SSE stream sends a fresh snapshot when the previous one
+//! rebinding. `POST /api/control` also needs the per-process token that
+//! only the served page carries (header `X-Lclstream-Token`) and, when the
+//! browser names one, this server as `Origin`: another web page open in the
+//! same browser can neither read the token nor drive the viewer. Each SSE stream sends a fresh snapshot when the previous one
 //! is written: a slow browser gets fewer updates, never a growing queue.
 
 use std::net::SocketAddr;
@@ -24,6 +27,10 @@ use tokio::sync::{watch, Semaphore};
 use crate::state::ViewState;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
+/// Where the page template receives the control token.
+const TOKEN_PLACEHOLDER: &str = "{{CONTROL_TOKEN}}";
+/// Header carrying the control token.
+const TOKEN_HEADER: &str = "x-lclstream-token";
 const APP_JS: &str = include_str!("assets/app.js");
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -64,10 +71,13 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the viewer to {bind}"))?;
     let addr = listener.local_addr()?;
+    let token = control_token().context("creating the viewer's control token")?;
     let shared = Arc::new(Shared {
         state,
         selection,
         addr,
+        index_html: INDEX_HTML.replace(TOKEN_PLACEHOLDER, &token),
+        token,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
@@ -99,6 +109,17 @@ struct Shared {
     state: Arc<ViewState>,
     selection: watch::Sender<String>,
     addr: SocketAddr,
+    /// Secret of this process, embedded in the page, required by control requests.
+    token: String,
+    index_html: String,
+}
+
+/// 128 random bits from the kernel, hex-encoded.
+fn control_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 struct Request {
@@ -106,8 +127,8 @@ struct Request {
     path: String,
     query: Vec<(String, String)>,
     host: Option<String>,
-    /// The `X-Lclstream-Viewer` header, sent by the page's own script.
-    from_page: bool,
+    origin: Option<String>,
+    token: Option<String>,
 }
 
 async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>> {
@@ -142,8 +163,6 @@ async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>>
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.to_string())
     };
-    let host = header("host");
-    let from_page = header(CONTROL_HEADER).is_some();
     Ok(Some(Request {
         method,
         path: path.to_string(),
@@ -155,15 +174,11 @@ async fn read_request(stream: &mut TcpStream) -> anyhow::Result<Option<Request>>
                 (percent_decode(k), percent_decode(v))
             })
             .collect(),
-        host,
-        from_page,
+        host: header("host"),
+        origin: header("origin"),
+        token: header(TOKEN_HEADER),
     }))
 }
-
-/// Header the page's script sets on control requests. A page of another
-/// site cannot send it without a CORS preflight, which this server never
-/// grants, so a cross-site form or fetch cannot drive the viewer.
-const CONTROL_HEADER: &str = "X-Lclstream-Viewer";
 
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -202,6 +217,26 @@ fn host_allowed(host: Option<&str>, addr: SocketAddr) -> bool {
     matches!(name, "localhost" | "127.0.0.1" | "[::1]")
         || name == addr.ip().to_string()
         || name == format!("[{}]", addr.ip())
+}
+
+/// Whether a control request comes from this server's own page: it carries
+/// the token, and any `Origin` the browser sent names this server.
+fn control_allowed(request: &Request, shared: &Shared) -> bool {
+    let origin_ok = match request.origin.as_deref() {
+        None => true,
+        Some(origin) => origin
+            .strip_prefix("http://")
+            .is_some_and(|host| host_allowed(Some(host), shared.addr)),
+    };
+    let token_ok = request.token.as_deref().is_some_and(|t| {
+        // Compare every byte so timing does not reveal a matching prefix.
+        t.len() == shared.token.len()
+            && t.bytes()
+                .zip(shared.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    origin_ok && token_ok
 }
 
 async fn respond(
@@ -244,7 +279,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 "200 OK",
                 "text/html; charset=utf-8",
                 "",
-                INDEX_HTML.as_bytes(),
+                shared.index_html.as_bytes(),
             )
             .await
         }
@@ -343,13 +378,13 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             }
         },
         ("POST", "/api/control") => {
-            if !request.from_page {
+            if !control_allowed(&request, shared) {
                 return respond(
                     &mut stream,
                     "403 Forbidden",
                     "text/plain",
                     "",
-                    b"control requests come from the viewer's page (X-Lclstream-Viewer header)",
+                    b"control requests need this viewer page's token and origin",
                 )
                 .await;
             }
@@ -392,52 +427,114 @@ mod tests {
         assert_eq!(percent_decode("lcls.mfx.a%2Eb.%3E"), "lcls.mfx.a.b.>");
     }
 
-    /// Sends one raw request and returns the status line.
-    async fn status_of(addr: SocketAddr, request: &str) -> String {
+    /// Sends one raw HTTP/1.1 request and returns the whole response.
+    async fn raw(addr: SocketAddr, request: &str) -> String {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8_lossy(&response);
-        text.lines().next().unwrap_or_default().to_string()
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
-    async fn other_sites_cannot_drive_the_viewer() {
-        let state = Arc::new(ViewState::new("partner", "lcls.mfx.>", None));
-        let (selection, choice) = watch::channel("lcls.mfx.>".to_string());
-        let viewer = serve("127.0.0.1:0".parse().unwrap(), state, selection)
+    async fn control_needs_the_pages_token_origin_and_host() {
+        let state = Arc::new(ViewState::new("partner", "lcls.a.>", None));
+        let (selection, watched) = watch::channel("lcls.a.>".to_string());
+        let server = serve("127.0.0.1:0".parse().unwrap(), state.clone(), selection)
             .await
             .unwrap();
-        let addr = viewer.addr();
-        let post = |host: &str, extra: &str| {
-            format!(
-                "POST /api/control?source=lcls.mfx.other.%3E HTTP/1.1\r\nHost: {host}\r\n\
-                 Origin: http://attacker.example\r\n{extra}Content-Length: 0\r\n\r\n"
-            )
-        };
-        let here = addr.to_string();
-        // A cross-site form post: right Host (the browser sends the target's),
-        // no page header. Refused, and the selection is unchanged.
-        assert!(status_of(addr, &post(&here, "")).await.contains("403"));
-        assert_eq!(*choice.borrow(), "lcls.mfx.>");
-        // The preflight a cross-site fetch with the header needs is not granted.
-        let preflight = format!(
-            "OPTIONS /api/control HTTP/1.1\r\nHost: {here}\r\nOrigin: http://attacker.example\r\n\
-             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-lclstream-viewer\r\n\r\n"
-        );
-        let answer = status_of(addr, &preflight).await;
+        let addr = server.addr();
+        let page = raw(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(
-            !answer.contains("200") && !answer.contains("204"),
-            "{answer}"
+            !page.contains(TOKEN_PLACEHOLDER),
+            "the page must carry a real token"
         );
-        // DNS rebinding: another name for this address.
-        let rebound = post("attacker.example", "X-Lclstream-Viewer: 1\r\n");
-        assert!(status_of(addr, &rebound).await.contains("403"));
-        assert_eq!(*choice.borrow(), "lcls.mfx.>");
-        // The page itself.
-        let own = post(&here, "X-Lclstream-Viewer: 1\r\n");
-        assert!(status_of(addr, &own).await.contains("204"));
-        assert_eq!(*choice.borrow(), "lcls.mfx.other.>");
+        let token = page
+            .split("name=\"lclstream-token\" content=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(token.len(), 32);
+        let control = |headers: String| {
+            format!("POST /api/control?source=lcls.b.%3E HTTP/1.1\r\n{headers}Content-Length: 0\r\n\r\n")
+        };
+        // A cross-site form post: no token, a foreign Origin.
+        let forged = raw(
+            addr,
+            &control(format!(
+                "Host: {addr}\r\nOrigin: http://attacker.example\r\n"
+            )),
+        )
+        .await;
+        assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+        // The token alone from another origin is refused too.
+        let foreign = raw(
+            addr,
+            &control(format!(
+                "Host: {addr}\r\nOrigin: http://attacker.example\r\nX-Lclstream-Token: {token}\r\n"
+            )),
+        )
+        .await;
+        assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+        // A wrong token of the right length.
+        let wrong = raw(
+            addr,
+            &control(format!(
+                "Host: {addr}\r\nX-Lclstream-Token: {}\r\n",
+                "0".repeat(32)
+            )),
+        )
+        .await;
+        assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+        // DNS rebinding: the attacker's name in Host, even with a token.
+        let rebound = raw(
+            addr,
+            &control(format!(
+                "Host: attacker.example:{}\r\nX-Lclstream-Token: {token}\r\n",
+                addr.port()
+            )),
+        )
+        .await;
+        assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+        let rebound_page = raw(
+            addr,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: attacker.example:{}\r\n\r\n",
+                addr.port()
+            ),
+        )
+        .await;
+        assert!(rebound_page.starts_with("HTTP/1.1 403"), "{rebound_page}");
+        assert!(!rebound_page.contains(&token));
+        assert_eq!(
+            *watched.borrow(),
+            "lcls.a.>",
+            "no refused request changed the source"
+        );
+        // The page's own request, as the browser sends it.
+        let own = raw(
+            addr,
+            &control(format!(
+                "Host: {addr}\r\nOrigin: http://{addr}\r\nX-Lclstream-Token: {token}\r\n"
+            )),
+        )
+        .await;
+        assert!(own.starts_with("HTTP/1.1 204"), "{own}");
+        // The preflight a cross-site fetch with the header needs is never granted.
+        let preflight = raw(
+            addr,
+            &format!(
+                "OPTIONS /api/control HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://attacker.example\r\n\
+                 Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-lclstream-token\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(preflight.starts_with("HTTP/1.1 404"), "{preflight}");
+        assert!(!preflight
+            .to_ascii_lowercase()
+            .contains("access-control-allow"));
+        assert_eq!(*watched.borrow(), "lcls.b.>");
     }
 }

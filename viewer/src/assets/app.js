@@ -152,11 +152,10 @@ function update(status) {
 }
 
 function control(params) {
-  // The header proves the request comes from this page (the server refuses
-  // control requests without it: a cross-site form cannot set it).
+  const token = document.querySelector('meta[name="lclstream-token"]').content;
   return fetch("/api/control?" + new URLSearchParams(params), {
     method: "POST",
-    headers: { "X-Lclstream-Viewer": "1" },
+    headers: { "X-Lclstream-Token": token },
   });
 }
 
