@@ -27,6 +27,7 @@ struct Deployment {
     keys_dir: PathBuf,
     policies: PathBuf,
     admin: async_nats::Client,
+    admin_seed: PathBuf,
     js: jetstream::Context,
     gateways: Vec<(String, Child)>,
 }
@@ -57,7 +58,10 @@ async fn deploy(policies: &[InstitutionPolicy]) -> Deployment {
         .await
         .unwrap();
     let js = jetstream::new(admin.clone());
+    let admin_seed = dir.path().join("admin.seed");
+    std::fs::write(&admin_seed, admin_key.seed().unwrap()).unwrap();
     Deployment {
+        admin_seed,
         server,
         keys_dir,
         policies: policy_dir,
@@ -462,4 +466,105 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
         "the old meter stands down"
     );
     assert!(!states[2].lead().await.unwrap());
+}
+
+/// `lclstream gateways --seed FILE [--json]` as `seed`'s user: exit success and stdout.
+fn gateways_command(url: &str, seed: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args(["gateways", "--json", "--url", url, "--seed"])
+        .arg(seed)
+        .stdin(Stdio::null())
+        .output()
+        .expect("lclstream gateways runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partners() {
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
+    let key = add_new_key(&mut ucsd);
+    let mut d = deploy(&[ucsd]).await;
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    let leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+
+    // A facility user sees both gateways and the one that meters.
+    let url = d.server.url();
+    let seed = d.admin_seed.clone();
+    let (ok, stdout, stderr) = step(
+        "gateways command",
+        tokio::task::spawn_blocking(move || gateways_command(&url, &seed)),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "lclstream gateways failed: {stderr}");
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON status");
+    assert_eq!(status["meter"], leader.as_str());
+    let rows = status["gateways"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gw-a", "gw-b"]);
+    for row in rows {
+        assert_eq!(row["metering"], row["id"] == leader.as_str());
+        assert!(!row["version"].as_str().unwrap().is_empty());
+        assert!(row["last_beat_secs"].as_f64().unwrap() >= 0.0);
+    }
+
+    // A partner institution, through the callout, reads neither bucket:
+    // not with the command, not through its JetStream prefix, not through
+    // the facility's API subjects, not by subscribing to the KV subjects.
+    let partner_seed = d.dir.path().join("ucsd.seed");
+    std::fs::write(&partner_seed, key.seed().unwrap()).unwrap();
+    let url = d.server.url();
+    let (ok, stdout, _) = step(
+        "gateways command as a partner",
+        tokio::task::spawn_blocking(move || gateways_command(&url, &partner_seed)),
+    )
+    .await
+    .unwrap();
+    assert!(!ok, "a partner read the gateway status: {stdout}");
+    assert!(!stdout.contains("gw-a"), "{stdout}");
+
+    let partner = connect_with_key(&d.server.url(), "ucsd", &key)
+        .await
+        .expect("partner connects");
+    for js in [
+        partner.jetstream("$JS.lclstream.API"),
+        jetstream::new(partner.client().clone()),
+    ] {
+        let read = step("partner reads gateway buckets", gateways(&js)).await;
+        assert!(read.is_err(), "a partner listed the gateways: {read:?}");
+        for bucket in ["lclstream-gateway-live", "lclstream-gateway-state"] {
+            let opened = step("partner opens a bucket", js.get_key_value(bucket)).await;
+            assert!(opened.is_err(), "a partner opened {bucket}");
+        }
+    }
+    for subject in [
+        "$JS.API.DIRECT.GET.KV_lclstream-gateway-live.$KV.lclstream-gateway-live.meter.leader",
+        "$JS.API.DIRECT.GET.KV_lclstream-gateway-state.$KV.lclstream-gateway-state.usage.ucsd",
+        "$JS.lclstream.API.DIRECT.GET.KV_lclstream-gateway-state.$KV.lclstream-gateway-state.usage.ucsd",
+    ] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            partner.client().request(subject, "".into()),
+        )
+        .await;
+        assert!(
+            !matches!(answer, Ok(Ok(ref m)) if !m.payload.is_empty()),
+            "a partner got an answer on {subject}"
+        );
+    }
+    let mut watch = partner
+        .client()
+        .subscribe("$KV.lclstream-gateway-live.>")
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut watch)).await;
+    assert!(
+        !matches!(heard, Ok(Some(_))),
+        "a partner heard a gateway heartbeat"
+    );
 }
