@@ -506,6 +506,13 @@ impl Gateway {
                 policies: policies.clone(),
                 quotas: quotas.clone(),
                 system,
+                health: crate::metrics::Health {
+                    gateway_id: shared.as_ref().map(|s| s.gateway_id().to_string()),
+                    callout: callout.is_some(),
+                    metering: metering.clone(),
+                    client: client.clone(),
+                    started: time::OffsetDateTime::now_utc(),
+                },
             };
             tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
             tokio::spawn(crate::metrics::serve(

@@ -30,6 +30,8 @@ struct Deployment {
     admin_seed: PathBuf,
     js: jetstream::Context,
     gateways: Vec<(String, Child)>,
+    /// Each gateway's metrics/health listener port.
+    metrics_ports: Vec<(String, u16)>,
 }
 
 impl Drop for Deployment {
@@ -68,6 +70,7 @@ async fn deploy(policies: &[InstitutionPolicy]) -> Deployment {
         admin,
         js,
         gateways: Vec::new(),
+        metrics_ports: Vec::new(),
         dir,
     }
 }
@@ -81,6 +84,13 @@ impl Deployment {
         config.meter.interval_ms = 250;
         config.quota.shared = true;
         config.quota.gateway_id = Some(id.to_string());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        config.metrics.listen = Some(format!("127.0.0.1:{port}"));
+        self.metrics_ports.retain(|(name, _)| name != id);
+        self.metrics_ports.push((id.to_string(), port));
         let path = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
@@ -129,6 +139,38 @@ impl Deployment {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `GET /health` of gateway `id`: HTTP status line and JSON body.
+    async fn health(&self, id: &str) -> (String, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self
+            .metrics_ports
+            .iter()
+            .find(|(name, _)| name == id)
+            .expect("a gateway of that id")
+            .1;
+        let deadline = Instant::now() + STEP;
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{id} health endpoint: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        step("health answer", stream.read_to_string(&mut response))
+            .await
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head.lines().next().unwrap_or("").to_string();
+        (status, serde_json::from_str(body.trim()).expect("health JSON"))
     }
 
     /// The audit lines of every gateway.
@@ -511,6 +553,18 @@ async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partn
         assert_eq!(row["metering"], row["id"] == leader.as_str());
         assert!(!row["version"].as_str().unwrap().is_empty());
         assert!(row["last_beat_secs"].as_f64().unwrap() >= 0.0);
+    }
+
+    // Each gateway's /health says it is up, answers the callout, and
+    // whether it meters: exactly the leader does.
+    for id in ["gw-a", "gw-b"] {
+        let (status, health) = d.health(id).await;
+        assert!(status.contains("200"), "{id}: {status}");
+        assert_eq!(health["gateway_id"], id);
+        assert_eq!(health["up"], true);
+        assert_eq!(health["nats_connected"], true);
+        assert_eq!(health["callout"], true);
+        assert_eq!(health["metering"], id == leader, "{id}: {health}");
     }
 
     // A partner institution, through the callout, reads neither bucket:
