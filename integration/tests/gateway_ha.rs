@@ -98,7 +98,11 @@ impl Deployment {
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("{id}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("lclstream gateway starts");
         self.gateways.push((id.to_string(), child));
@@ -120,6 +124,30 @@ impl Deployment {
         child.wait().unwrap();
     }
 
+    /// Stops gateway `id` with SIGTERM and waits (bounded) for it to exit.
+    async fn terminate(&mut self, id: &str) {
+        let at = self
+            .gateways
+            .iter()
+            .position(|(name, _)| name == id)
+            .expect("a gateway of that id");
+        let (_, mut child) = self.gateways.remove(at);
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered to {id}");
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{id} exits cleanly on SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (bounded) until the heartbeats name exactly `ids` and one of them meters.
     async fn wait_for_gateways(&self, ids: &[&str]) -> String {
         let deadline = Instant::now() + STEP;
@@ -133,10 +161,19 @@ impl Deployment {
                     return leader;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateways {ids:?} did not all show up"
-            );
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = ids
+                    .iter()
+                    .map(|id| {
+                        std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                panic!(
+                    "gateways {ids:?} did not all show up (seen {:?}); logs: {logs:#?}",
+                    gateways(&self.js).await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -625,4 +662,90 @@ async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partn
         !matches!(heard, Ok(Some(_))),
         "a partner heard a gateway heartbeat"
     );
+}
+
+#[tokio::test]
+async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 1000;
+    // Each granted request holds one consumer slot: the loop stays under the cap.
+    quotas.concurrent_consumers = 64;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd]).await;
+    publish(&d.js, "mfxp1234", 3, 1, 1, 8).await;
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    let first_leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+
+    // A bounded client loop: one connect + data request after another
+    // (at most 60, paced 100 ms apart, at most 45 s), until told to stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let url = d.server.url();
+    let loop_key = key.clone();
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let loop_rounds = rounds.clone();
+    let client_loop = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        let until = Instant::now() + Duration::from_secs(45);
+        for i in 0..60 {
+            if *stop_rx.borrow() || Instant::now() > until {
+                break;
+            }
+            let began = Instant::now();
+            let outcome = connect_and_request(url.clone(), loop_key.clone(), format!("roll-{i}")).await;
+            outcomes.push((outcome, began.elapsed()));
+            loop_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        outcomes
+    });
+
+    // Lets the loop make `n` more rounds (bounded) in the current phase.
+    let rounds_pass = |n: usize| {
+        let rounds = rounds.clone();
+        async move {
+            let target = rounds.load(std::sync::atomic::Ordering::SeqCst) + n;
+            let deadline = Instant::now() + STEP;
+            while rounds.load(std::sync::atomic::Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "the client loop stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    rounds_pass(3).await;
+    // Restart one gateway at a time: the meter first, then the other; the
+    // loop keeps going while only one gateway runs and after each return.
+    let other = if first_leader == "gw-a" { "gw-b" } else { "gw-a" }.to_string();
+    for id in [first_leader.clone(), other.clone()] {
+        d.terminate(&id).await;
+        let survivor = if id == "gw-a" { "gw-b" } else { "gw-a" };
+        let leader = d.wait_for_gateways(&[survivor]).await;
+        assert_eq!(leader, survivor, "the meter role moves to the gateway still running");
+        rounds_pass(5).await;
+        d.start_gateway(&id);
+        d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+        rounds_pass(3).await;
+    }
+    let _ = stop_tx.send(true);
+    let timed = step("client loop", client_loop).await.unwrap();
+    let slowest = timed.iter().map(|(_, took)| *took).max().unwrap_or_default();
+    let outcomes: Vec<Outcome> = timed.into_iter().map(|(o, _)| o).collect();
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Granted))
+        .count();
+    let unanswered: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Granted))
+        .collect();
+    eprintln!(
+        "rolling restart: {} connect+request rounds, {granted} granted, {} not, slowest round {slowest:?}",
+        outcomes.len(),
+        unanswered.len()
+    );
+    assert!(outcomes.len() >= 2, "the client loop ran during the restart");
+    assert!(unanswered.is_empty(), "not answered during the restart: {unanswered:?}");
+    // Counted once each: no request lost or double counted across the handover.
+    assert_eq!(d.counted_requests("ucsd").await, granted);
 }

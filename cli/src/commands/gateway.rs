@@ -53,9 +53,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if args.audit_stderr {
         config.audit.stderr = true;
     }
-    let handle = Gateway::start(config).await?;
+    // Installed before starting: a gateway is visible (heartbeat, callout)
+    // while start() still runs, and a SIGTERM then must still stop it cleanly.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let handle = Gateway::start(config).await?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
