@@ -160,8 +160,7 @@ pub struct Health {
 impl Health {
     /// The JSON body and whether the gateway is healthy.
     pub fn report(&self) -> (bool, String) {
-        let connected =
-            self.client.connection_state() == async_nats::connection::State::Connected;
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let body = serde_json::json!({
             "up": true,
             "gateway_id": self.gateway_id,

@@ -207,7 +207,10 @@ impl Deployment {
             .unwrap();
         let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
         let status = head.lines().next().unwrap_or("").to_string();
-        (status, serde_json::from_str(body.trim()).expect("health JSON"))
+        (
+            status,
+            serde_json::from_str(body.trim()).expect("health JSON"),
+        )
     }
 
     /// The audit lines of every gateway.
@@ -657,7 +660,8 @@ async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partn
         .subscribe("$KV.lclstream-gateway-live.>")
         .await
         .unwrap();
-    let heard = tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut watch)).await;
+    let heard =
+        tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut watch)).await;
     assert!(
         !matches!(heard, Ok(Some(_))),
         "a partner heard a gateway heartbeat"
@@ -693,7 +697,8 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
                 break;
             }
             let began = Instant::now();
-            let outcome = connect_and_request(url.clone(), loop_key.clone(), format!("roll-{i}")).await;
+            let outcome =
+                connect_and_request(url.clone(), loop_key.clone(), format!("roll-{i}")).await;
             outcomes.push((outcome, began.elapsed()));
             loop_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -716,12 +721,20 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
     rounds_pass(3).await;
     // Restart one gateway at a time: the meter first, then the other; the
     // loop keeps going while only one gateway runs and after each return.
-    let other = if first_leader == "gw-a" { "gw-b" } else { "gw-a" }.to_string();
+    let other = if first_leader == "gw-a" {
+        "gw-b"
+    } else {
+        "gw-a"
+    }
+    .to_string();
     for id in [first_leader.clone(), other.clone()] {
         d.terminate(&id).await;
         let survivor = if id == "gw-a" { "gw-b" } else { "gw-a" };
         let leader = d.wait_for_gateways(&[survivor]).await;
-        assert_eq!(leader, survivor, "the meter role moves to the gateway still running");
+        assert_eq!(
+            leader, survivor,
+            "the meter role moves to the gateway still running"
+        );
         rounds_pass(5).await;
         d.start_gateway(&id);
         d.wait_for_gateways(&["gw-a", "gw-b"]).await;
@@ -729,7 +742,11 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
     }
     let _ = stop_tx.send(true);
     let timed = step("client loop", client_loop).await.unwrap();
-    let slowest = timed.iter().map(|(_, took)| *took).max().unwrap_or_default();
+    let slowest = timed
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
     let outcomes: Vec<Outcome> = timed.into_iter().map(|(o, _)| o).collect();
     let granted = outcomes
         .iter()
@@ -744,8 +761,14 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
         outcomes.len(),
         unanswered.len()
     );
-    assert!(outcomes.len() >= 2, "the client loop ran during the restart");
-    assert!(unanswered.is_empty(), "not answered during the restart: {unanswered:?}");
+    assert!(
+        outcomes.len() >= 2,
+        "the client loop ran during the restart"
+    );
+    assert!(
+        unanswered.is_empty(),
+        "not answered during the restart: {unanswered:?}"
+    );
     // Counted once each: no request lost or double counted across the handover.
     assert_eq!(d.counted_requests("ucsd").await, granted);
 }
