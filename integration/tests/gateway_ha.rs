@@ -772,3 +772,47 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
     // Counted once each: no request lost or double counted across the handover.
     assert_eq!(d.counted_requests("ucsd").await, granted);
 }
+
+#[tokio::test]
+async fn a_lowered_quota_is_applied_by_every_gateway() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 100;
+    quotas.concurrent_consumers = 64;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd.clone()]).await;
+    publish(&d.js, "mfxp1234", 3, 1, 1, 8).await;
+    let ids = ["gw-a", "gw-b", "gw-c"];
+    for id in ids {
+        d.start_gateway(id);
+    }
+    d.wait_for_gateways(&ids).await;
+    for i in 0..3 {
+        let outcome = connect_and_request(d.server.url(), key.clone(), format!("before-{i}")).await;
+        assert!(matches!(outcome, Outcome::Granted), "{outcome:?}");
+    }
+
+    // Lower the hourly quota to what is already used: every gateway must
+    // refuse from its next reload on, whichever one a request lands on.
+    ucsd.quotas.requests_per_hour = 3;
+    write_policies(&d.policies, &[ucsd]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused_by = |d: &Deployment, id: &str| {
+        d.audit_lines(&[id])
+            .iter()
+            .any(|l| l["action"] == "request" && l["decision"] == "deny")
+    };
+    let mut attempts = 0;
+    while !ids.iter().all(|id| refused_by(&d, id)) {
+        attempts += 1;
+        assert!(
+            attempts <= 60,
+            "not every gateway applied the lowered quota"
+        );
+        match connect_and_request(d.server.url(), key.clone(), format!("after-{attempts}")).await {
+            Outcome::Refused(code) => assert!(code.contains("QuotaRequests"), "{code}"),
+            other => panic!("a request beyond the lowered quota got {other:?}"),
+        }
+    }
+    assert_eq!(d.counted_requests("ucsd").await, 3);
+}
