@@ -677,10 +677,17 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
     let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
     let key = Arc::new(add_new_key(&mut ucsd));
     let mut d = deploy(&[ucsd]).await;
-    publish(&d.js, "mfxp1234", 3, 1, 1, 8).await;
+    assert_eq!(publish(&d.js, "mfxp1234", 3, 3, 1, 8).await, 3);
     d.start_gateway("gw-a");
     d.start_gateway("gw-b");
     let first_leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    // A client connected and granted before the restart pulls after it.
+    let steady = connect_with_key(&d.server.url(), "ucsd", &key)
+        .await
+        .expect("connects");
+    let steady_grant = step("steady request", steady.request_dataset(&dataset("steady")))
+        .await
+        .expect("granted");
 
     // A bounded client loop: one connect + data request after another
     // (at most 60, paced 100 ms apart, at most 45 s), until told to stop.
@@ -769,8 +776,23 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
         unanswered.is_empty(),
         "not answered during the restart: {unanswered:?}"
     );
-    // Counted once each: no request lost or double counted across the handover.
-    assert_eq!(d.counted_requests("ucsd").await, granted);
+    // Counted once each (the loop's and the steady client's): no request
+    // lost or double counted across the handovers.
+    assert_eq!(d.counted_requests("ucsd").await, granted + 1);
+
+    // The client connected before the restart still pulls every event.
+    let mut sink = lclstream_partner::CallbackSink::new(|_: &_, _| Ok(()));
+    let options = lclstream_partner::PullOptions {
+        idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let summary = step(
+        "steady pull",
+        steady.pull(&steady_grant, &options, &mut sink),
+    )
+    .await
+    .expect("an already connected client keeps pulling");
+    assert_eq!(summary.events, 3);
 }
 
 #[tokio::test]
