@@ -34,6 +34,8 @@ pub enum Command {
     Sample(commands::sample::SampleArgs),
     /// Run the gateway: auth callout, data requests, quotas and audit.
     Gateway(commands::gateway::GatewayArgs),
+    /// Show the live gateways (id, start, last heartbeat, version) and which one meters (facility users only).
+    Gateways(commands::gateways::GatewaysArgs),
     /// Request a dataset through the gateway and pull it as a partner institution.
     Pull(commands::pull::PullArgs),
     /// Watch a stream live in a browser (latest frame, trends, rates), as a partner.
@@ -83,6 +85,7 @@ pub fn main() -> std::process::ExitCode {
             Command::Agent(args) => commands::agent::run(args).await,
             Command::Sample(args) => commands::sample::run(args).await,
             Command::Gateway(args) => commands::gateway::run(args).await,
+            Command::Gateways(args) => commands::gateways::run(args).await,
             Command::Pull(args) => commands::pull::run(args).await,
             Command::View(args) => commands::view::run(args).await,
             Command::Nats(cmd) => commands::nats::run(cmd).await,

@@ -281,25 +281,6 @@ pub async fn connect(
         .with_context(|| format!("connecting to {}", config.url))
 }
 
-/// Connects the way a gateway of `config` connects for its own work: as
-/// the gateway's service user (from `[auth] keys_dir`) when it has one, else
-/// with the `[nats]` credentials. Operations tools (`lclstream gateway
-/// status`) use it to read the shared buckets of the facility account.
-pub async fn connect_as_service(
-    config: &GatewayConfig,
-    name: &str,
-) -> anyhow::Result<async_nats::Client> {
-    let seed = match &config.auth {
-        Some(auth) => {
-            let keys = GatewayKeys::load_or_generate(&auth.keys_dir, auth.encrypt)
-                .map_err(|e| anyhow::anyhow!("gateway keys in {}: {e}", auth.keys_dir.display()))?;
-            Some(GatewayKeys::seed_of(&keys.service_user))
-        }
-        None => None,
-    };
-    connect(&config.nats, seed, name).await
-}
-
 /// Starts gateways.
 pub struct Gateway;
 
@@ -534,6 +515,13 @@ impl Gateway {
                 policies: policies.clone(),
                 quotas: quotas.clone(),
                 system,
+                health: crate::metrics::Health {
+                    gateway_id: shared.as_ref().map(|s| s.gateway_id().to_string()),
+                    callout: callout.is_some(),
+                    metering: metering.clone(),
+                    client: client.clone(),
+                    started: time::OffsetDateTime::now_utc(),
+                },
             };
             tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
             tokio::spawn(crate::metrics::serve(

@@ -7,6 +7,10 @@
 //! callout, the live connections per institution (from the servers' CONNZ,
 //! through the gateway's system user).
 //!
+//! `GET /health` answers JSON: this gateway's id, whether its NATS
+//! connection is up, whether it answers the auth callout and whether it
+//! holds the meter role (for load balancer and orchestrator probes).
+//!
 //! The endpoint shows institution ids and counts, no keys or data: it is for
 //! the facility's monitoring network, bound to loopback by default.
 
@@ -133,6 +137,44 @@ pub struct ScrapeSources {
     /// The gateway's system-account connection, to count live connections
     /// per institution (with the callout only).
     pub system: Option<async_nats::Client>,
+    /// What `GET /health` reports.
+    pub health: Health,
+}
+
+/// This gateway's liveness, for `GET /health` (JSON; 200 when its NATS
+/// connection is up, 503 otherwise).
+#[derive(Clone)]
+pub struct Health {
+    /// The gateway id (with `[quota] shared`).
+    pub gateway_id: Option<String>,
+    /// Whether this gateway runs the auth callout.
+    pub callout: bool,
+    /// Whether this gateway holds the meter role now.
+    pub metering: Arc<std::sync::atomic::AtomicBool>,
+    /// The gateway's main connection (the callout and request service use it).
+    pub client: async_nats::Client,
+    /// When the gateway started.
+    pub started: time::OffsetDateTime,
+}
+
+impl Health {
+    /// The JSON body and whether the gateway is healthy.
+    pub fn report(&self) -> (bool, String) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let body = serde_json::json!({
+            "up": true,
+            "gateway_id": self.gateway_id,
+            "nats_connected": connected,
+            "callout": self.callout && connected,
+            "metering": self.metering.load(Relaxed),
+            "started": self
+                .started
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        (connected, format!("{body}\n"))
+    }
 }
 
 /// Renders every metric.
@@ -239,6 +281,11 @@ pub async fn serve(
             let path = head.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = if path == "/metrics" || path == "/" {
                 ("200 OK", render(&sources).await)
+            } else if path == "/health" {
+                match sources.health.report() {
+                    (true, body) => ("200 OK", body),
+                    (false, body) => ("503 Service Unavailable", body),
+                }
             } else {
                 ("404 Not Found", "not found\n".to_string())
             };

@@ -27,8 +27,11 @@ struct Deployment {
     keys_dir: PathBuf,
     policies: PathBuf,
     admin: async_nats::Client,
+    admin_seed: PathBuf,
     js: jetstream::Context,
     gateways: Vec<(String, Child)>,
+    /// Each gateway's metrics/health listener port.
+    metrics_ports: Vec<(String, u16)>,
 }
 
 impl Drop for Deployment {
@@ -57,13 +60,17 @@ async fn deploy(policies: &[InstitutionPolicy]) -> Deployment {
         .await
         .unwrap();
     let js = jetstream::new(admin.clone());
+    let admin_seed = dir.path().join("admin.seed");
+    std::fs::write(&admin_seed, admin_key.seed().unwrap()).unwrap();
     Deployment {
+        admin_seed,
         server,
         keys_dir,
         policies: policy_dir,
         admin,
         js,
         gateways: Vec::new(),
+        metrics_ports: Vec::new(),
         dir,
     }
 }
@@ -77,19 +84,25 @@ impl Deployment {
         config.meter.interval_ms = 250;
         config.quota.shared = true;
         config.quota.gateway_id = Some(id.to_string());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        config.metrics.listen = Some(format!("127.0.0.1:{port}"));
+        self.metrics_ports.retain(|(name, _)| name != id);
+        self.metrics_ports.push((id.to_string(), port));
         let path = self.dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, toml::to_string(&config).expect("config serializes")).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{id}.log")))
-            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
             .args(["gateway", "--config"])
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("{id}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("lclstream gateway starts");
         self.gateways.push((id.to_string(), child));
@@ -111,6 +124,30 @@ impl Deployment {
         child.wait().unwrap();
     }
 
+    /// Stops gateway `id` with SIGTERM and waits (bounded) for it to exit.
+    async fn terminate(&mut self, id: &str) {
+        let at = self
+            .gateways
+            .iter()
+            .position(|(name, _)| name == id)
+            .expect("a gateway of that id");
+        let (_, mut child) = self.gateways.remove(at);
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered to {id}");
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{id} exits cleanly on SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (bounded) until the heartbeats name exactly `ids` and one of them meters.
     async fn wait_for_gateways(&self, ids: &[&str]) -> String {
         let deadline = Instant::now() + STEP;
@@ -128,24 +165,52 @@ impl Deployment {
                 let logs: Vec<String> = ids
                     .iter()
                     .map(|id| {
-                        let log =
-                            std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
-                                .unwrap_or_default();
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        format!(
-                            "--- {id}:\n{}",
-                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                        )
+                        std::fs::read_to_string(self.dir.path().join(format!("{id}.log")))
+                            .unwrap_or_default()
                     })
                     .collect();
                 panic!(
-                    "gateways {ids:?} did not all show up (heartbeats: {:?})\n{}",
-                    gateways(&self.js).await,
-                    logs.join("\n")
+                    "gateways {ids:?} did not all show up (seen {:?}); logs: {logs:#?}",
+                    gateways(&self.js).await
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `GET /health` of gateway `id`: HTTP status line and JSON body.
+    async fn health(&self, id: &str) -> (String, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self
+            .metrics_ports
+            .iter()
+            .find(|(name, _)| name == id)
+            .expect("a gateway of that id")
+            .1;
+        let deadline = Instant::now() + STEP;
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{id} health endpoint: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        step("health answer", stream.read_to_string(&mut response))
+            .await
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head.lines().next().unwrap_or("").to_string();
+        (
+            status,
+            serde_json::from_str(body.trim()).expect("health JSON"),
+        )
     }
 
     /// The audit lines of every gateway.
@@ -485,134 +550,291 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
     assert!(!states[2].lead().await.unwrap());
 }
 
-impl Deployment {
-    /// Stops gateway `id` with SIGTERM (as a rolling restart does) and waits
-    /// (bounded) for it to exit cleanly.
-    fn terminate(&mut self, id: &str) {
-        let at = self
-            .gateways
-            .iter()
-            .position(|(name, _)| name == id)
-            .expect("a gateway of that id");
-        let (_, mut child) = self.gateways.remove(at);
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM delivered");
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "gateway {id} stopped with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!("gateway {id} did not stop within 15 s of SIGTERM");
-    }
+/// `lclstream gateways --seed FILE [--json]` as `seed`'s user: exit success and stdout.
+fn gateways_command(url: &str, seed: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args(["gateways", "--json", "--url", url, "--seed"])
+        .arg(seed)
+        .stdin(Stdio::null())
+        .output()
+        .expect("lclstream gateways runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
-async fn rolling_restart_and_policy_reload_reach_every_gateway() {
-    let mut quotas = quick_quotas();
-    quotas.requests_per_hour = 200;
-    quotas.concurrent_consumers = 64;
-    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas.clone());
-    let key = Arc::new(add_new_key(&mut ucsd));
-    let mut d = deploy(std::slice::from_ref(&ucsd)).await;
-    publish(&d.js, "mfxp1234", 3, 10, 3, 16).await;
+async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partners() {
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quick_quotas());
+    let key = add_new_key(&mut ucsd);
+    let mut d = deploy(&[ucsd]).await;
     d.start_gateway("gw-a");
     d.start_gateway("gw-b");
-    d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    let leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
 
-    // The operator's view: both gateways and the one that meters.
-    let status = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-        .args(["gateway", "status", "--config"])
-        .arg(d.dir.path().join("gw-a.toml"))
-        .output()
-        .expect("runs");
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    assert!(text.contains("2 gateway(s) live"), "{text}");
-    assert!(text.contains("gw-a") && text.contains("gw-b"), "{text}");
-    assert_eq!(text.matches("(meter)").count(), 1, "{text}");
-
-    // A partner keeps connecting and requesting, one after another, while
-    // each gateway is restarted in turn (bounded: 60 attempts, within the
-    // 64 consumer slots).
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = {
-        let (url, key, stop) = (d.server.url(), key.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            for i in 0..60 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let started = Instant::now();
-                let outcome =
-                    connect_and_request(url.clone(), key.clone(), format!("roll-{i}")).await;
-                outcomes.push((outcome, started.elapsed()));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            outcomes
-        })
-    };
-    for id in ["gw-a", "gw-b"] {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        d.terminate(id);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        d.start_gateway(id);
-        d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    // A facility user sees both gateways and the one that meters.
+    let url = d.server.url();
+    let seed = d.admin_seed.clone();
+    let (ok, stdout, stderr) = step(
+        "gateways command",
+        tokio::task::spawn_blocking(move || gateways_command(&url, &seed)),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "lclstream gateways failed: {stderr}");
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON status");
+    assert_eq!(status["meter"], leader.as_str());
+    let rows = status["gateways"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gw-a", "gw-b"]);
+    for row in rows {
+        assert_eq!(row["metering"], row["id"] == leader.as_str());
+        assert!(!row["version"].as_str().unwrap().is_empty());
+        assert!(row["last_beat_secs"].as_f64().unwrap() >= 0.0);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let outcomes = step("the requesting partner", client).await.unwrap();
-    let slowest = outcomes.iter().map(|(_, t)| *t).max().unwrap_or_default();
-    eprintln!(
-        "rolling restart: {} connect+request, slowest {slowest:?}",
-        outcomes.len()
-    );
-    assert!(outcomes.len() >= 5, "{outcomes:?}");
-    for (outcome, _) in &outcomes {
+
+    // Each gateway's /health says it is up, answers the callout, and
+    // whether it meters: exactly the leader does.
+    for id in ["gw-a", "gw-b"] {
+        let (status, health) = d.health(id).await;
+        assert!(status.contains("200"), "{id}: {status}");
+        assert_eq!(health["gateway_id"], id);
+        assert_eq!(health["up"], true);
+        assert_eq!(health["nats_connected"], true);
+        assert_eq!(health["callout"], true);
+        assert_eq!(health["metering"], id == leader, "{id}: {health}");
+    }
+
+    // A partner institution, through the callout, reads neither bucket:
+    // not with the command, not through its JetStream prefix, not through
+    // the facility's API subjects, not by subscribing to the KV subjects.
+    let partner_seed = d.dir.path().join("ucsd.seed");
+    std::fs::write(&partner_seed, key.seed().unwrap()).unwrap();
+    let url = d.server.url();
+    let (ok, stdout, _) = step(
+        "gateways command as a partner",
+        tokio::task::spawn_blocking(move || gateways_command(&url, &partner_seed)),
+    )
+    .await
+    .unwrap();
+    assert!(!ok, "a partner read the gateway status: {stdout}");
+    assert!(!stdout.contains("gw-a"), "{stdout}");
+
+    let partner = connect_with_key(&d.server.url(), "ucsd", &key)
+        .await
+        .expect("partner connects");
+    // Short API timeouts: a denied request is never answered.
+    let quick = || jetstream::ContextBuilder::new().timeout(Duration::from_secs(1));
+    for js in [
+        quick()
+            .api_prefix("$JS.lclstream.API")
+            .build(partner.client().clone()),
+        quick().build(partner.client().clone()),
+    ] {
+        let read = step("partner reads gateway buckets", gateways(&js)).await;
+        assert!(read.is_err(), "a partner listed the gateways: {read:?}");
+        for bucket in ["lclstream-gateway-live", "lclstream-gateway-state"] {
+            let opened = step("partner opens a bucket", js.get_key_value(bucket)).await;
+            assert!(opened.is_err(), "a partner opened {bucket}");
+        }
+    }
+    for subject in [
+        "$JS.API.DIRECT.GET.KV_lclstream-gateway-live.$KV.lclstream-gateway-live.meter.leader",
+        "$JS.API.DIRECT.GET.KV_lclstream-gateway-state.$KV.lclstream-gateway-state.usage.ucsd",
+        "$JS.lclstream.API.DIRECT.GET.KV_lclstream-gateway-state.$KV.lclstream-gateway-state.usage.ucsd",
+    ] {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            partner.client().request(subject, "".into()),
+        )
+        .await;
         assert!(
-            matches!(outcome, Outcome::Granted),
-            "a request during the rolling restart was not granted: {outcome:?}"
+            !matches!(answer, Ok(Ok(ref m)) if !m.payload.is_empty()),
+            "a partner got an answer on {subject}"
         );
     }
-    // Every grant counted once: none lost, none twice.
-    assert_eq!(d.counted_requests("ucsd").await, outcomes.len());
-
-    // A policy change (the grant moves to another experiment) is applied by
-    // every gateway: requests landing on either are refused, and both audit it.
-    let mut moved = policy("ucsd", &["lcls.mfx.otherexp.>"], quotas);
-    moved.keys = ucsd.keys.clone();
-    write_policies(&d.policies, &[moved]);
-    let mut refused = 0;
-    for i in 0..100 {
-        match connect_and_request(d.server.url(), key.clone(), format!("after-{i}")).await {
-            Outcome::Refused(_) => refused += 1,
-            Outcome::Granted => refused = 0,
-            lost => panic!("unanswered after the policy change: {lost:?}"),
-        }
-        // Twelve refusals in a row: both gateways have reloaded (each
-        // connection's request lands on either through the queue group).
-        if refused == 12 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        refused, 12,
-        "the new policy was not applied by every gateway"
+    let mut watch = partner
+        .client()
+        .subscribe("$KV.lclstream-gateway-live.>")
+        .await
+        .unwrap();
+    let heard =
+        tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut watch)).await;
+    assert!(
+        !matches!(heard, Ok(Some(_))),
+        "a partner heard a gateway heartbeat"
     );
-    for id in ["gw-a", "gw-b"] {
-        let denied = d
-            .audit_lines(&[id])
-            .iter()
-            .filter(|l| l["action"] == "request" && l["decision"] != "allow")
-            .count();
-        assert!(denied > 0, "{id} never applied the new policy");
+}
+
+#[tokio::test]
+async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 1000;
+    // Each granted request holds one consumer slot: the loop stays under the cap.
+    quotas.concurrent_consumers = 64;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd]).await;
+    assert_eq!(publish(&d.js, "mfxp1234", 3, 3, 1, 8).await, 3);
+    d.start_gateway("gw-a");
+    d.start_gateway("gw-b");
+    let first_leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    // A client connected and granted before the restart pulls after it.
+    let steady = connect_with_key(&d.server.url(), "ucsd", &key)
+        .await
+        .expect("connects");
+    let steady_grant = step("steady request", steady.request_dataset(&dataset("steady")))
+        .await
+        .expect("granted");
+
+    // A bounded client loop: one connect + data request after another
+    // (at most 60, paced 100 ms apart, at most 45 s), until told to stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let url = d.server.url();
+    let loop_key = key.clone();
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let loop_rounds = rounds.clone();
+    let client_loop = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        let until = Instant::now() + Duration::from_secs(45);
+        for i in 0..60 {
+            if *stop_rx.borrow() || Instant::now() > until {
+                break;
+            }
+            let began = Instant::now();
+            let outcome =
+                connect_and_request(url.clone(), loop_key.clone(), format!("roll-{i}")).await;
+            outcomes.push((outcome, began.elapsed()));
+            loop_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        outcomes
+    });
+
+    // Lets the loop make `n` more rounds (bounded) in the current phase.
+    let rounds_pass = |n: usize| {
+        let rounds = rounds.clone();
+        async move {
+            let target = rounds.load(std::sync::atomic::Ordering::SeqCst) + n;
+            let deadline = Instant::now() + STEP;
+            while rounds.load(std::sync::atomic::Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "the client loop stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    rounds_pass(3).await;
+    // Restart one gateway at a time: the meter first, then the other; the
+    // loop keeps going while only one gateway runs and after each return.
+    let other = if first_leader == "gw-a" {
+        "gw-b"
+    } else {
+        "gw-a"
     }
+    .to_string();
+    for id in [first_leader.clone(), other.clone()] {
+        d.terminate(&id).await;
+        let survivor = if id == "gw-a" { "gw-b" } else { "gw-a" };
+        let leader = d.wait_for_gateways(&[survivor]).await;
+        assert_eq!(
+            leader, survivor,
+            "the meter role moves to the gateway still running"
+        );
+        rounds_pass(5).await;
+        d.start_gateway(&id);
+        d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+        rounds_pass(3).await;
+    }
+    let _ = stop_tx.send(true);
+    let timed = step("client loop", client_loop).await.unwrap();
+    let slowest = timed
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
+    let outcomes: Vec<Outcome> = timed.into_iter().map(|(o, _)| o).collect();
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Granted))
+        .count();
+    let unanswered: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Granted))
+        .collect();
+    eprintln!(
+        "rolling restart: {} connect+request rounds, {granted} granted, {} not, slowest round {slowest:?}",
+        outcomes.len(),
+        unanswered.len()
+    );
+    assert!(
+        outcomes.len() >= 2,
+        "the client loop ran during the restart"
+    );
+    assert!(
+        unanswered.is_empty(),
+        "not answered during the restart: {unanswered:?}"
+    );
+    // Counted once each (the loop's and the steady client's): no request
+    // lost or double counted across the handovers.
+    assert_eq!(d.counted_requests("ucsd").await, granted + 1);
+
+    // The client connected before the restart still pulls every event.
+    let mut sink = lclstream_partner::CallbackSink::new(|_: &_, _| Ok(()));
+    let options = lclstream_partner::PullOptions {
+        idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let summary = step(
+        "steady pull",
+        steady.pull(&steady_grant, &options, &mut sink),
+    )
+    .await
+    .expect("an already connected client keeps pulling");
+    assert_eq!(summary.events, 3);
+}
+
+#[tokio::test]
+async fn a_lowered_quota_is_applied_by_every_gateway() {
+    let mut quotas = quick_quotas();
+    quotas.requests_per_hour = 100;
+    quotas.concurrent_consumers = 64;
+    let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
+    let key = Arc::new(add_new_key(&mut ucsd));
+    let mut d = deploy(&[ucsd.clone()]).await;
+    publish(&d.js, "mfxp1234", 3, 1, 1, 8).await;
+    let ids = ["gw-a", "gw-b", "gw-c"];
+    for id in ids {
+        d.start_gateway(id);
+    }
+    d.wait_for_gateways(&ids).await;
+    for i in 0..3 {
+        let outcome = connect_and_request(d.server.url(), key.clone(), format!("before-{i}")).await;
+        assert!(matches!(outcome, Outcome::Granted), "{outcome:?}");
+    }
+
+    // Lower the hourly quota to what is already used: every gateway must
+    // refuse from its next reload on, whichever one a request lands on.
+    ucsd.quotas.requests_per_hour = 3;
+    write_policies(&d.policies, &[ucsd]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused_by = |d: &Deployment, id: &str| {
+        d.audit_lines(&[id])
+            .iter()
+            .any(|l| l["action"] == "request" && l["decision"] == "deny")
+    };
+    let mut attempts = 0;
+    while !ids.iter().all(|id| refused_by(&d, id)) {
+        attempts += 1;
+        assert!(
+            attempts <= 60,
+            "not every gateway applied the lowered quota"
+        );
+        match connect_and_request(d.server.url(), key.clone(), format!("after-{attempts}")).await {
+            Outcome::Refused(code) => assert!(code.contains("QuotaRequests"), "{code}"),
+            other => panic!("a request beyond the lowered quota got {other:?}"),
+        }
+    }
+    assert_eq!(d.counted_requests("ucsd").await, 3);
 }

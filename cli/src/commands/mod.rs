@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod demo;
 pub mod gateway;
+pub mod gateways;
 pub mod init;
 pub mod jobs;
 pub mod keygen;
