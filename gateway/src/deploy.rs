@@ -263,7 +263,9 @@ run = 1
 [sources.hdf5]
 watch_dir = {watch}
 pattern = "*.h5"
-preset = "smalldata"
+# "sample" reads what `lclstream sample` writes; files of LCLS
+# smalldata_tools need preset = "smalldata" (docs/operators.md).
+preset = "sample"
 "#,
             instrument = toml_str(&options.instrument),
             experiment = toml_str(&options.experiment),
@@ -354,11 +356,12 @@ lclstream agent --config {d}/agent.toml &
 
 Wait for each to be up (nats-server logs `Server is ready`, the gateway
 `gateway running`, the agent `stream ready`). The agent watches `{data}` for
-new HDF5 files (`smalldata` layout) and publishes them into stream
+new HDF5 files (`sample` layout; set `preset = "smalldata"` in agent.toml
+for files of LCLS smalldata_tools) and publishes them into stream
 `{stream}`, which it creates at start-up. Write a sample run there to try it:
 
 ```sh
-lclstream sample --layout smalldata --events 200 --out {data}/sample.h5
+lclstream sample --layout sample --events 200 --out {data}/sample.h5
 ```
 
 The example partner institution `{inst}` then pulls it through the gateway
