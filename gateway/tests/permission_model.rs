@@ -340,6 +340,8 @@ fn agent_owns_publish(key: &str, instruments: &[&str], subject: &str) -> bool {
         ["$KV", "lclstream-jobs", _, ..] => true,
         ["$JS", "API", "DIRECT", "GET", "KV_lclstream-jobs", ..] => true,
         ["$JS", "API", "STREAM", "MSG", "GET", "KV_lclstream-jobs"] => true,
+        // Reading its own instruments' last stored batches, to resume after them.
+        ["$JS", "API", "STREAM", "MSG", "GET", stream] => streams.iter().any(|s| s == stream),
         ["lclstream", "jobs", "data" | "status", _job] => true,
         _ => false,
     }
@@ -477,6 +479,7 @@ fn roles() -> Vec<Role> {
                 "lcls.mfx.mfxp1234.7.jungfrau".into(),
                 "$JS.API.STREAM.CREATE.LCLS_MFX".into(),
                 "$JS.API.STREAM.INFO.LCLS_MFX".into(),
+                "$JS.API.STREAM.MSG.GET.LCLS_MFX".into(),
                 "$JS.API.STREAM.CREATE.LCLS_JOBS_DATA".into(),
                 "$JS.API.CONSUMER.CREATE.LCLS_JOBS.jobs-mfx.lclstream.jobs.queue.mfx".into(),
                 "$JS.API.CONSUMER.MSG.NEXT.LCLS_JOBS.jobs-mfx".into(),
