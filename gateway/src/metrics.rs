@@ -30,12 +30,15 @@ const CALLOUT_BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
 ];
 
+/// (label name, label value, action, decision) of one decision counter.
+type DecisionKey = (&'static str, String, String, &'static str);
+
 /// Counters updated as decisions and callout answers happen.
 #[derive(Default)]
 pub struct GatewayMetrics {
     /// Keyed by (label name, label value, action, decision): `institution`
     /// for institutions, `role` (agent, operator, unknown) for everyone else.
-    decisions: Mutex<BTreeMap<(&'static str, String, String, &'static str), u64>>,
+    decisions: Mutex<BTreeMap<DecisionKey, u64>>,
     callout_buckets: [AtomicU64; CALLOUT_BUCKETS.len()],
     callout_count: AtomicU64,
     callout_sum_micros: AtomicU64,
