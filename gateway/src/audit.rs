@@ -124,8 +124,16 @@ impl Audit {
     /// Appends one record. Write errors are logged, never propagated: a
     /// full disk must not turn into refused or granted requests.
     pub fn record(&self, record: AuditRecord) {
+        // Connect decisions carry the principal (`details.principal.kind`,
+        // null for a key nobody knows); other records without an institution
+        // are the facility's own (jobs, operators).
+        let role = match record.details.get("principal") {
+            Some(principal) => principal["kind"].as_str().unwrap_or("unknown"),
+            None => "facility",
+        };
         crate::metrics::global().record_decision(
             record.institution.as_deref(),
+            Some(role),
             &record.action,
             record.decision,
         );

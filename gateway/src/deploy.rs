@@ -241,6 +241,8 @@ run = 1
 [sources.hdf5]
 watch_dir = {watch}
 pattern = "*.h5"
+# "sample" reads what `lclstream sample` writes; files of LCLS
+# smalldata_tools need preset = "smalldata" (docs/operators.md).
 preset = "sample"
 "#,
             instrument = toml_str(&options.instrument),
@@ -332,7 +334,8 @@ lclstream agent --config {d}/agent.toml &
 
 Wait for each to be up (nats-server logs `Server is ready`, the gateway
 `gateway running`, the agent `stream ready`). The agent watches `{data}` for
-new HDF5 files (`sample` layout) and publishes them into stream
+new HDF5 files (`sample` layout; set `preset = "smalldata"` in agent.toml
+for files of LCLS smalldata_tools) and publishes them into stream
 `{stream}`, which it creates at start-up. Write a sample run there to try it:
 
 ```sh

@@ -34,10 +34,15 @@ const CALLOUT_BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
 ];
 
+/// (label name, label value, action, decision) of one decision counter.
+type DecisionKey = (&'static str, String, String, &'static str);
+
 /// Counters updated as decisions and callout answers happen.
 #[derive(Default)]
 pub struct GatewayMetrics {
-    decisions: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Keyed by (label name, label value, action, decision): `institution`
+    /// for institutions, `role` (agent, operator, unknown) for everyone else.
+    decisions: Mutex<BTreeMap<DecisionKey, u64>>,
     callout_buckets: [AtomicU64; CALLOUT_BUCKETS.len()],
     callout_count: AtomicU64,
     callout_sum_micros: AtomicU64,
@@ -51,18 +56,27 @@ pub fn global() -> &'static GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Counts one decision (called for every audit record).
-    pub fn record_decision(&self, institution: Option<&str>, action: &str, decision: Decision) {
+    /// Counts one decision (called for every audit record). Decisions about
+    /// an institution are labelled `institution="<id>"`; the others (agents,
+    /// operators, unknown keys) `role="<role>"`, so they do not all pile up
+    /// under an empty institution.
+    pub fn record_decision(
+        &self,
+        institution: Option<&str>,
+        role: Option<&str>,
+        action: &str,
+        decision: Decision,
+    ) {
         let decision = match decision {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
             Decision::Info => "info",
         };
-        let key = (
-            institution.unwrap_or("").to_string(),
-            action.to_string(),
-            decision,
-        );
+        let (label_name, label_value) = match institution {
+            Some(id) => ("institution", id.to_string()),
+            None => ("role", role.unwrap_or("unknown").to_string()),
+        };
+        let key = (label_name, label_value, action.to_string(), decision);
         let mut map = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(key).or_default() += 1;
     }
@@ -83,15 +97,15 @@ impl GatewayMetrics {
     fn render_counters(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "# HELP lclstream_gateway_decisions_total Gateway decisions (every audit record) by institution, action and outcome.\n\
+            "# HELP lclstream_gateway_decisions_total Gateway decisions (every audit record) by institution (or role, for agents, operators and unknown keys), action and outcome.\n\
              # TYPE lclstream_gateway_decisions_total counter"
         );
         let map = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        for ((institution, action, decision), n) in map.iter() {
+        for ((label_name, value, action, decision), n) in map.iter() {
             let _ = writeln!(
                 out,
-                "lclstream_gateway_decisions_total{{institution=\"{}\",action=\"{}\",decision=\"{decision}\"}} {n}",
-                label(institution),
+                "lclstream_gateway_decisions_total{{{label_name}=\"{}\",action=\"{}\",decision=\"{decision}\"}} {n}",
+                label(value),
                 label(action)
             );
         }
@@ -296,5 +310,35 @@ pub async fn serve(
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_name_the_institution_or_the_role_never_an_empty_institution() {
+        let metrics = GatewayMetrics::default();
+        metrics.record_decision(
+            Some("ucsd"),
+            Some("institution"),
+            "connect",
+            Decision::Allow,
+        );
+        metrics.record_decision(None, Some("agent"), "connect", Decision::Allow);
+        metrics.record_decision(None, Some("unknown"), "connect", Decision::Deny);
+        metrics.record_decision(None, None, "job", Decision::Info);
+        let mut out = String::new();
+        metrics.render_counters(&mut out);
+        for line in [
+            "lclstream_gateway_decisions_total{institution=\"ucsd\",action=\"connect\",decision=\"allow\"} 1",
+            "lclstream_gateway_decisions_total{role=\"agent\",action=\"connect\",decision=\"allow\"} 1",
+            "lclstream_gateway_decisions_total{role=\"unknown\",action=\"connect\",decision=\"deny\"} 1",
+            "lclstream_gateway_decisions_total{role=\"unknown\",action=\"job\",decision=\"info\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
+        }
+        assert!(!out.contains("institution=\"\""), "{out}");
     }
 }

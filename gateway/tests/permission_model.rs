@@ -344,6 +344,8 @@ fn agent_owns_publish(key: &str, instruments: &[&str], subject: &str) -> bool {
         ["$KV", "lclstream-jobs", _, ..] => true,
         ["$JS", "API", "DIRECT", "GET", "KV_lclstream-jobs", ..] => true,
         ["$JS", "API", "STREAM", "MSG", "GET", "KV_lclstream-jobs"] => true,
+        // Reading its own instruments' last stored batches, to resume after them.
+        ["$JS", "API", "STREAM", "MSG", "GET", stream] => streams.iter().any(|s| s == stream),
         ["lclstream", "jobs", "data" | "status", _job] => true,
         _ => false,
     }

@@ -193,6 +193,7 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         );
         let events = String::from_utf8_lossy(&output.stdout).lines().count();
         assert_eq!(events, 200, "{}", String::from_utf8_lossy(&output.stderr));
+        docs_python_blocks_run(&dir, port);
     } else {
         eprintln!(
             "python3 with nats-py, msgpack, lz4 and numpy is missing: the Python partner example \
@@ -219,7 +220,9 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
     ] {
         assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
     }
-    let requests = if python_ready { 2 } else { 1 };
+    // The README's pull, partner_pull.py, and the grant the docs' decoding
+    // example binds to.
+    let requests = if python_ready { 3 } else { 1 };
     let needle = format!(
         "lclstream_gateway_quota_requests_last_hour{{institution=\"example-university\"}} {requests}"
     );
@@ -231,6 +234,122 @@ fn init_writes_a_deployment_whose_readme_commands_run_and_a_partner_pulls() {
         .unwrap_or(0);
     assert!(answered >= 2, "callout answers counted: {answered}\n{body}");
     assert!(http_get(&format!("127.0.0.1:{metrics}"), "/other").starts_with("HTTP/1.0 404"));
+}
+
+/// Marker on the line before a ```python block that cannot run here, with the reason.
+const NOT_RUN: &str = "<!-- docs-python: not run:";
+
+/// Every ```python block of README.md and docs/*.md, as (file, block, code,
+/// reason it is not run).
+fn docs_python_blocks() -> Vec<(String, usize, String, Option<String>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut blocks = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let (mut code, mut inside, mut previous) = (None::<String>, false, "");
+        let mut reason = None;
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(info) = trimmed.strip_prefix("```") {
+                if inside {
+                    if let Some(code) = code.take() {
+                        blocks.push((name.clone(), blocks.len(), code, reason.take()));
+                    }
+                    inside = false;
+                } else {
+                    inside = true;
+                    if info == "python" {
+                        code = Some(String::new());
+                        reason = previous
+                            .strip_prefix(NOT_RUN)
+                            .map(|r| r.trim_end_matches("-->").trim().to_string());
+                    }
+                }
+            } else if let Some(code) = code.as_mut() {
+                code.push_str(line);
+                code.push('\n');
+            }
+            previous = trimmed;
+        }
+    }
+    blocks
+}
+
+/// Runs every Python block of the docs against the deployment in `dir`
+/// (broker at `port`). The decoding example of docs/wire-format.md binds to
+/// the consumer of a grant made just before (one event pulled, the rest
+/// pending), with the deployment's institution, seed file and stream in
+/// place of the example's.
+fn docs_python_blocks_run(dir: &Path, port: u16) {
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let mut ran = 0;
+    for (file, index, code, reason) in docs_python_blocks() {
+        if let Some(reason) = reason {
+            assert!(
+                !reason.is_empty(),
+                "{file} block {index}: say why it is not run"
+            );
+            eprintln!("{file} python block {index} not run: {reason}");
+            continue;
+        }
+        let mut code = code;
+        let binds = code.contains("pull_subscribe_bind");
+        if binds {
+            let grant = Command::new("python3")
+                .arg(python_dir.join("partner_pull.py"))
+                .args(["--url", &format!("nats://127.0.0.1:{port}")])
+                .args(["--institution", "example-university", "--seed"])
+                .arg(dir.join("keys/example-university.nk"))
+                .args(["--subject", "lcls.mfx.mfxp1234.>", "--label", "docs"])
+                .args(["--max-events", "1", "--batch", "1", "--idle-timeout", "5"])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&grant.stderr).to_string();
+            assert!(grant.status.success(), "grant for the docs example: {said}");
+            // "created <consumer> on <stream>"
+            let words: Vec<&str> = said
+                .lines()
+                .find(|l| l.starts_with("created ") || l.starts_with("resuming "))
+                .unwrap_or_else(|| panic!("no grant line in {said}"))
+                .split_whitespace()
+                .collect();
+            let (consumer, stream) = (words[1], words[3]);
+            code = code
+                .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{port}"))
+                .replace("\"ucsd-c0\"", &format!("{consumer:?}"))
+                .replace("\"LCLS_MFX\"", &format!("{stream:?}"))
+                .replace("ucsd", "example-university");
+        }
+        let output = Command::new("python3")
+            .args(["-c", &code])
+            .current_dir(dir)
+            .env("PYTHONPATH", &python_dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{file} python block {index} failed:\n{code}\n{}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if binds {
+            assert!(
+                stdout.lines().count() >= 1,
+                "{file} block {index} decoded no event:\n{stdout}"
+            );
+        }
+        ran += 1;
+    }
+    assert!(ran >= 3, "only {ran} python blocks ran");
 }
 
 /// A plain HTTP/1.0 GET; returns the whole response for /other, the body for /metrics.

@@ -103,6 +103,25 @@ pub async fn run(command: NatsCommand) -> anyhow::Result<()> {
     }
 }
 
+fn write_server_banner(
+    out: &mut impl std::io::Write,
+    server: &NatsServer,
+    gateway_keys: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    writeln!(out, "nats-server running at {}", server.url())?;
+    writeln!(out, "monitoring: http://{}", server.monitor_addr())?;
+    writeln!(out, "store and log: {}", server.dir().display())?;
+    if let Some(dir) = gateway_keys {
+        writeln!(
+            out,
+            "auth callout: run the gateway with [auth] keys_dir = {:?}",
+            dir.display().to_string()
+        )?;
+    }
+    writeln!(out, "press Ctrl-C to stop")?;
+    out.flush()
+}
+
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let blocks = match &args.gateway_keys {
         Some(dir) => callout_blocks(dir)?,
@@ -123,16 +142,16 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         })
     })
     .await??;
-    println!("nats-server running at {}", server.url());
-    println!("monitoring: http://{}", server.monitor_addr());
-    println!("store and log: {}", server.dir().display());
-    if let Some(dir) = &args.gateway_keys {
-        println!(
-            "auth callout: run the gateway with [auth] keys_dir = {:?}",
-            dir.display().to_string()
-        );
+    // A service manager may start the server with stdout closed: the banner
+    // is for a person at a terminal, so failing to write it must neither
+    // panic (as println! does) nor stop a server that is running fine.
+    if let Err(e) = write_server_banner(
+        &mut std::io::stdout().lock(),
+        &server,
+        args.gateway_keys.as_deref(),
+    ) {
+        tracing::debug!("cannot write the startup banner to stdout: {e}");
     }
-    println!("press Ctrl-C to stop");
     // SIGTERM too: a service manager or a test harness stops the server cleanly.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -162,7 +162,9 @@ pub fn agent_permissions(public_key: &str, instruments: &[String]) -> Permission
         let stream = stream_name(instrument);
         publish.push(stream_subjects(instrument));
         publish.extend(stream_management(&stream));
-        // Resume of re-readable sources reads the last batch it stored.
+        // On restart the agent reads the last stored batch of each of its
+        // subjects to resume after it (agent/src/resume.rs; the stream does not
+        // allow direct gets, so STREAM.MSG.GET is the only form used).
         publish.push(format!("{api}.STREAM.MSG.GET.{stream}"));
         let consumer = worker_consumer_name(instrument);
         publish.push(format!("{api}.CONSUMER.CREATE.{QUEUE_STREAM}.{consumer}"));
