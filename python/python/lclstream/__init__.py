@@ -95,10 +95,17 @@ class Client:
     on a development server without authentication. Under the auth callout
     the inbox prefix is ``_INBOX.<institution>`` (set here) and pulls use the
     grant's ``api_prefix``.
+
+    Raises :class:`FileNotFoundError` for a missing seed file,
+    :class:`ValueError` for a file that holds no user seed, and
+    :class:`AuthenticationError` when the server refuses the key or, with
+    ``check`` (one ``usage`` round trip when a seed is given), when the key
+    belongs to another institution.
     """
 
     def __init__(self, url: str, seed_file: Optional[Union[str, Path]] = None,
-                 institution: str = "", *, seed: Optional[str] = None) -> None:
+                 institution: str = "", *, seed: Optional[str] = None,
+                 check: bool = True) -> None:
         if not institution:
             raise ValueError("institution is required (the id of your institution's policy)")
         if seed is None and seed_file is not None:
@@ -124,6 +131,17 @@ class Client:
                     f"{'seed file ' + str(seed_file) if seed_file else 'this seed'}: check the "
                     f"seed file and the institution id ({e})") from None
             raise
+        if seed is not None and check:
+            # Behind the auth callout the server knows who the key is; a key
+            # of another institution connects but may not speak for this
+            # one: its requests go unanswered. One round trip says so now.
+            try:
+                self.usage()
+            except ConnectionError as e:
+                raise AuthenticationError(
+                    f"connected to {url}, but the gateway does not answer institution "
+                    f"{institution!r}: the seed file {seed_file or ''} holds a key of another "
+                    f"institution, or the gateway is down ({e})") from None
 
     def call(self, verb: str, body: Dict[str, Any]) -> Dict[str, Any]:
         """Sends ``body`` to the gateway ``verb``; raises :class:`GatewayError` on refusal."""
