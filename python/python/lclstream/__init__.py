@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._native import NativeClient, NativePuller
 from ._native import decode as _native_decode
@@ -148,7 +148,8 @@ class Client:
         ok, text, reason = self._native.call(verb, json.dumps(body))
         if not ok:
             raise GatewayError(text, reason)
-        return json.loads(text)
+        reply: Dict[str, Any] = json.loads(text)
+        return reply
 
     def request(self, filters: Sequence[str], *, start: Start = "all",
                 end: Optional[Dict[str, Any]] = None, label: Optional[str] = None) -> Dict[str, Any]:
@@ -218,7 +219,8 @@ class Client:
         """The institution's job records, optionally only those in ``state``
         (queued, running, done, failed, cancelled)."""
         body = {"state": state} if state is not None else {}
-        return self.call("jobs.list", body)["jobs"]
+        records: List[Dict[str, Any]] = self.call("jobs.list", body)["jobs"]
+        return records
 
     def cancel_job(self, job: str) -> Dict[str, Any]:
         """Cancels a job and releases its consumer; returns its view."""
@@ -234,7 +236,7 @@ class Client:
         deadline = time.monotonic() + timeout
         last: Optional[Dict[str, Any]] = None
         while True:
-            record = self.job(job)["record"]
+            record: Dict[str, Any] = self.job(job)["record"]
             if record != last and on_update is not None:
                 on_update(record)
             last = record
@@ -266,7 +268,7 @@ class Stream:
         self._native = native
 
     def batches(self, *, idle_timeout: float = 5.0, expires: float = 1.0,
-                max_batches: Optional[int] = None) -> Iterator[Batch]:
+                max_batches: Optional[int] = None) -> Generator[Batch, None, None]:
         """Yields batches until none arrives for ``idle_timeout`` seconds, the
         dataset ends or ``max_batches``. Each batch is acknowledged when the
         next is asked for, or at the end; an exception in the caller's step
