@@ -15,7 +15,8 @@ then measures in the same run:
    decoder (integration/python/lclstream_wire.py: msgpack + lz4 + numpy);
 2. pull: events per second from request to the last event, of the package
    (decode on 2 threads, arrays handed to numpy) and of Rust
-   `lclstream pull --jsonl FILE` (decode on 2 threads; one short line per event), each a fresh
+   `lclstream pull --jsonl -` into /dev/null (decode on 2 threads; one short
+   JSON line per event), each a fresh
    consumer over the whole run, each as its own process.
 
 It prints one JSON line per measurement and a summary with the ratios.
@@ -97,7 +98,7 @@ def agent_toml(url: str, spool: Path, events: int, height: int, width: int) -> s
                     f'rate_hz = 0.0\nevents = {events}\nseed = {seed}\n')
     return (f'instrument = "mfx"\nexperiment = "mfxp1234"\nexit_when_done = true\n'
             f'[nats]\nurl = "{url}"\n[stream]\ncreate = true\n[spool]\ndir = "{spool}"\n'
-            f'[batch]\nmax_events = 2\n[encode]\nthreads = 2\n'
+            f'[batch]\nmax_events = 8\n[encode]\nthreads = 2\nmax_payload = 8388608\n'
             f'[encode.filters]\nintegers = "bitshuffle"\nfloats = "shuffle"\n'
             f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n' + sources)
 
@@ -142,10 +143,11 @@ def time_decode(name: str, decode: Any, messages: List[Tuple[Dict[str, str], byt
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "lclstream"))
-    ap.add_argument("--events", type=int, default=1000, help="events per source")
+    ap.add_argument("--events", type=int, default=1500, help="events per source")
     ap.add_argument("--height", type=int, default=512)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3, help="decode rounds (best is kept)")
+    ap.add_argument("--pull-rounds", type=int, default=3, help="pulls of each client, alternating (best is kept)")
     args = ap.parse_args()
 
     import lclstream
@@ -155,9 +157,12 @@ def main() -> None:
     procs: List[subprocess.Popen] = []
     try:
         port = free_port()
-        procs.append(subprocess.Popen(
-            ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp / "js")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # 8 MB messages: a batch of 8 events is one message, not chunks.
+        (tmp / "server.conf").write_text(
+            f'listen: "127.0.0.1:{port}"\nmax_payload: 8MB\n'
+            f'jetstream {{ store_dir: "{tmp / "js"}" }}\n')
+        procs.append(subprocess.Popen(["nats-server", "-c", str(tmp / "server.conf")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(port)
         url = f"nats://127.0.0.1:{port}"
         (tmp / "policies").mkdir()
@@ -196,24 +201,27 @@ def main() -> None:
             print(json.dumps(r), flush=True)
 
         pulls = {}
-        for name in ("rust", "package", "rust", "package"):
+        for name in ("rust", "package") * args.pull_rounds:
             if name == "rust":
                 cmd = [args.bin, "pull", "--url", url, "--institution", "bench", "--subject",
-                       "lcls.mfx.mfxp1234.>", "--jsonl", str(tmp / "pull.jsonl"),
-                       "--max-events", str(total),
+                       "lcls.mfx.mfxp1234.>", "--jsonl", "-", "--max-events", str(total),
                        "--idle-timeout", "10", "--decode-threads", "2", "--release"]
             else:
                 cmd = [sys.executable, "-c", PULL_PY, url, str(total)]
             t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            # Rust's lines go to /dev/null through stdout (a JSONL file would
+            # be fsynced per batch, which the package does not do).
+            out = subprocess.run(cmd, stdout=subprocess.PIPE if name == "package"
+                                 else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 timeout=1800)
             seconds = time.perf_counter() - t0
             if out.returncode != 0:
                 raise RuntimeError(f"{name} pull failed: {out.stderr}")
-            (tmp / "pull.jsonl").unlink(missing_ok=True)
             rate = total / seconds
             pulls[name] = max(pulls.get(name, 0.0), rate)
             print(json.dumps({"measure": "pull", "client": name, "events": total,
-                              "seconds": round(seconds, 2), "events_per_s": round(rate, 1)}),
+                              "seconds": round(seconds, 2), "events_per_s": round(rate, 1),
+                              "says": (out.stderr.strip().splitlines() or [""])[-1][:300]}),
                   flush=True)
 
         summary = {
