@@ -367,9 +367,10 @@ impl NativePuller {
     /// of the same pull deliverable again if the process dies.
     #[pyo3(signature = (batches=None))]
     fn ack(&mut self, py: Python<'_>, batches: Option<usize>) -> PyResult<usize> {
-        let count = batches.unwrap_or(self.unacked.len()).min(self.unacked.len());
-        let messages: Vec<jetstream::Message> =
-            self.unacked.drain(..count).flatten().collect();
+        let count = batches
+            .unwrap_or(self.unacked.len())
+            .min(self.unacked.len());
+        let messages: Vec<jetstream::Message> = self.unacked.drain(..count).flatten().collect();
         let n = messages.len();
         let runtime = self.runtime.clone();
         py.detach(|| {
