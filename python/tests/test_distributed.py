@@ -43,7 +43,7 @@ def rank_main(url: str, label: str, rank: int, workers: int, outdir: str) -> Non
     """One rank: starts its workers like a DataLoader with ``num_workers``."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=worker_main,
-                         args=(url, label, f"{outdir}/rank{rank}-worker{w}.jsonl", 0.02, None))
+                         args=(url, label, f"{outdir}/rank{rank}-worker{w}.jsonl", 0.1, None))
              for w in range(workers)]
     for p in procs:
         p.start()
