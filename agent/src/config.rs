@@ -434,14 +434,41 @@ pub struct PsanaConfig {
     /// Times a helper that died without an error report is restarted at the next event.
     #[serde(default = "default_restarts")]
     pub restarts: u32,
+    /// A helper that sends nothing for this many seconds while the agent
+    /// waits for its next event is killed and restarted like one that died
+    /// (0: wait forever).
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
     /// Skip psana's calibration database (offline reading); `calib` and `image`
     /// then use no constants.
     #[serde(default = "yes")]
     pub skip_calib_load: bool,
 }
 
+impl PsanaConfig {
+    /// Offline reading of `files` with the defaults of a configuration file.
+    pub fn for_files(files: Vec<PathBuf>, fields: Vec<PsanaField>) -> PsanaConfig {
+        PsanaConfig {
+            files,
+            experiment: None,
+            psana_run: None,
+            dir: None,
+            fields,
+            python: None,
+            max_events: None,
+            restarts: default_restarts(),
+            stall_timeout_secs: default_stall_timeout_secs(),
+            skip_calib_load: true,
+        }
+    }
+}
+
 fn default_restarts() -> u32 {
     2
+}
+
+fn default_stall_timeout_secs() -> u64 {
+    300
 }
 
 /// One detector datum taken from every psana event.

@@ -830,7 +830,16 @@ pub fn run_hdf5(
         }
     };
     if files.is_empty() {
-        tracing::warn!(source = %ctx.name, "no file matches");
+        // A finite source with nothing to read is a mistyped path, not a
+        // finished run; files still to be written belong to `watch_dir`.
+        let _ = tx.send(SourceMessage::Failed(AgentError::Source {
+            source_name: ctx.name.clone(),
+            message: format!(
+                "glob {:?} matches no file: check the path (for files still to be written, use watch_dir)",
+                config.glob.as_deref().unwrap_or_default()
+            ),
+        }));
+        return;
     }
     for file in files {
         if ctx.stopping() || !process(&file, &mut cursor) {

@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lclstream_nats::wire::{Array, DType, Event, Scalar};
 use serde::Deserialize;
@@ -191,8 +193,114 @@ pub fn read_events(
     }
 }
 
+/// Marks every descriptor above stderr close-on-exec in the helper. The HDF5
+/// library opens files without it, so a helper would otherwise hold the
+/// agent's open files, and their locks, for as long as it runs.
+fn close_inherited_descriptors(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes only async-signal-safe
+    // system calls (close_range, fcntl) and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Kernels before 5.11: one descriptor at a time.
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Kills the helper when dropped (agent stopping, batcher gone, error).
 struct HelperProcess(Child);
+
+/// Kills a helper that sends nothing for `timeout` while the agent waits on
+/// it. Time spent delivering events (the agent's own back-pressure) does not
+/// count: only reads are watched.
+struct StallWatch {
+    started: Instant,
+    /// Milliseconds since `started` + 1 when the current read began; 0 when not reading.
+    reading_since: Arc<AtomicU64>,
+    fired: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
+impl StallWatch {
+    fn start(pid: u32, timeout: Duration) -> StallWatch {
+        let watch = StallWatch {
+            started: Instant::now(),
+            reading_since: Arc::new(AtomicU64::new(0)),
+            fired: Arc::new(AtomicBool::new(false)),
+            done: Arc::new(AtomicBool::new(false)),
+            timeout,
+        };
+        if timeout.is_zero() {
+            return watch;
+        }
+        let (since, fired, done, started) = (
+            watch.reading_since.clone(),
+            watch.fired.clone(),
+            watch.done.clone(),
+            watch.started,
+        );
+        let tick = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                let began = since.load(Ordering::Relaxed);
+                let now = started.elapsed().as_millis() as u64 + 1;
+                if began != 0
+                    && now.saturating_sub(began) > timeout.as_millis() as u64
+                    && !done.load(Ordering::Relaxed)
+                {
+                    fired.store(true, Ordering::Relaxed);
+                    // The pid is ours until `done`: the child is reaped only
+                    // after the reads (and so this watch) have ended.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return;
+                }
+            }
+        });
+        watch
+    }
+
+    fn reading(&self) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.reading_since.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) {
+        self.reading_since.store(0, Ordering::Relaxed);
+    }
+
+    /// What to say of a helper this watch killed, if it did.
+    fn verdict(&self) -> Option<String> {
+        self.fired.load(Ordering::Relaxed).then(|| {
+            format!(
+                "sent nothing for {} s (stall_timeout_secs) and was killed",
+                self.timeout.as_secs()
+            )
+        })
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for HelperProcess {
     fn drop(&mut self) {
@@ -209,14 +317,16 @@ fn run_helper(
     deliver: &mut dyn FnMut(Event) -> bool,
 ) -> HelperEnd {
     let python = python_of(config);
-    let child = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .arg("-c")
         .arg(HELPER)
         .arg(helper_arguments(config, default_run, *next))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    close_inherited_descriptors(&mut command);
+    let child = command.spawn();
     let mut child = match child {
         Ok(c) => HelperProcess(c),
         Err(e) => {
@@ -252,7 +362,10 @@ fn run_helper(
     // A small buffer keeps the helper at most a pipe's worth ahead of the
     // agent: it reads as fast as events are taken, not into memory.
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let watch = StallWatch::start(child.0.id(), Duration::from_secs(config.stall_timeout_secs));
     let describe_exit = |child: &mut HelperProcess, what: &str| -> String {
+        // Stop watching before the child is reaped (its pid may be reused after).
+        watch.done.store(true, Ordering::Relaxed);
         let status = child.0.wait();
         // Let the stderr thread catch up with what the dead process wrote.
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -280,7 +393,12 @@ fn run_helper(
             return HelperEnd::Stopped;
         }
         let mut len = [0u8; 4];
+        watch.reading();
         if let Err(e) = reader.read_exact(&mut len) {
+            if let Some(stalled) = watch.verdict() {
+                // Hung (a stuck file system, a wedged psana): a restart may help.
+                return HelperEnd::Died(describe_exit(&mut child, &stalled));
+            }
             if !started {
                 // It never got going (no msgpack, a broken interpreter):
                 // starting it again would fail the same way.
@@ -299,11 +417,12 @@ fn run_helper(
         }
         let mut body = vec![0u8; len];
         if let Err(e) = reader.read_exact(&mut body) {
-            return HelperEnd::Died(describe_exit(
-                &mut child,
-                &format!("stopped mid-frame at event {next}: {e}"),
-            ));
+            let what = watch
+                .verdict()
+                .unwrap_or_else(|| format!("stopped mid-frame at event {next}: {e}"));
+            return HelperEnd::Died(describe_exit(&mut child, &what));
         }
+        watch.idle();
         let frame: Frame = match rmp_serde::from_slice(&body) {
             Ok(f) => f,
             Err(e) => return HelperEnd::Fatal(format!("psana helper sent a bad frame: {e}")),
@@ -374,21 +493,100 @@ mod tests {
     use crate::config::PsanaField;
 
     fn config(files: Vec<PathBuf>) -> PsanaConfig {
-        PsanaConfig {
+        PsanaConfig::for_files(
             files,
-            experiment: None,
-            psana_run: None,
-            dir: None,
-            fields: vec![PsanaField {
+            vec![PsanaField {
                 detector: "xppcspad".into(),
                 data: "raw".into(),
                 field: None,
             }],
-            python: None,
-            max_events: None,
-            restarts: 2,
-            skip_calib_load: true,
+        )
+    }
+
+    /// A stand-in helper: a shell script whose n-th run sends a start frame
+    /// and event n, then hangs without exiting; the third run sends nothing.
+    fn hanging_helper(dir: &std::path::Path) -> PathBuf {
+        #[derive(serde::Serialize)]
+        struct TestFrame {
+            kind: &'static str,
+            index: u64,
         }
+        let frame = |kind, index| {
+            let body = rmp_serde::to_vec_named(&TestFrame { kind, index }).unwrap();
+            let mut out = (body.len() as u32).to_be_bytes().to_vec();
+            out.extend(body);
+            out
+        };
+        for n in 0..2u64 {
+            let mut bytes = frame("start", 0);
+            bytes.extend(frame("event", n));
+            std::fs::write(dir.join(format!("frames-{n}.bin")), bytes).unwrap();
+        }
+        let script = dir.join("python");
+        let d = dir.display();
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nn=$(cat '{d}/runs' 2>/dev/null || echo 0)\necho $((n+1)) > '{d}/runs'\n\
+                 cat '{d}/frames-'$n.bin 2>/dev/null\nexec sleep 600\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[test]
+    fn the_helper_inherits_no_descriptor_of_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        // Opened the way the HDF5 library opens files: without close-on-exec.
+        let held = dir.path().join("held.h5");
+        std::fs::write(&held, b"x").unwrap();
+        let path = std::ffi::CString::new(held.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the descriptor is closed below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let script = dir.path().join("python");
+        let listing = dir.path().join("fds.txt");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nls -l /proc/$$/fd > '{}'\n", listing.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = config(vec!["/d/r.xtc2".into()]);
+        config.python = Some(script);
+        let result = read_events(&config, 1, 0, &|| false, &mut |_| true);
+        // SAFETY: the descriptor opened above.
+        unsafe { libc::close(fd) };
+        assert!(result.is_err(), "a helper that sends nothing fails");
+        let fds = std::fs::read_to_string(&listing).unwrap();
+        assert!(fds.contains("pipe:"), "the listing is of the helper: {fds}");
+        assert!(
+            !fds.contains("held.h5"),
+            "the helper inherited the file: {fds}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_helper_is_killed_restarted_and_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(vec!["/d/r.xtc2".into()]);
+        config.python = Some(hanging_helper(dir.path()));
+        config.stall_timeout_secs = 1;
+        config.restarts = 1;
+        let mut indexes = Vec::new();
+        let result = read_events(&config, 1, 0, &|| false, &mut |event| {
+            indexes.push(event.index);
+            true
+        });
+        let message = result.expect_err("a helper that hangs is an error in the end");
+        assert!(message.contains("sent nothing for 1 s"), "{message}");
+        // Each hung helper was killed and the next one started at the next
+        // event; the third sent nothing at all, which used up the restart.
+        assert_eq!(indexes, vec![0, 1], "{message}");
     }
 
     #[test]

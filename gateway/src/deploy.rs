@@ -195,40 +195,18 @@ pub fn init(dir: &Path, options: &InitOptions) -> anyhow::Result<Deployment> {
     let gateway_config = dir.join("gateway.toml");
     write(
         &gateway_config,
-        &format!(
-            r#"# lclstream gateway configuration written by `lclstream init`
-# (every key is documented in gateway/gateway.example.toml).
-
-[nats]
-url = {url}
-
-[policies]
-dir = {policies}
-reload_secs = 5
-
-[quota]
-state_file = {state}
-
-[audit]
-file = {audit}
-
-[auth]
-keys_dir = {keys}
-callout = true
-encrypt = true
-user_ttl_secs = 3600
-
-[metrics]
-# Prometheus endpoint: GET /metrics (see docs/grafana-dashboard.json).
-listen = {metrics}
-"#,
-            url = toml_str(&url),
-            policies = toml_path(&policies),
-            state = toml_path(&dir.join("state/quota.json")),
-            audit = toml_path(&dir.join("log/audit.jsonl")),
-            keys = toml_path(&gateway_keys_dir),
-            metrics = toml_str(&options.gateway_metrics),
-        ),
+        &gateway_config_text(&GatewayFile {
+            origin: "`lclstream init`",
+            url: url.clone(),
+            ca_file: None,
+            policies: policies.clone(),
+            keys: gateway_keys_dir.clone(),
+            audit: dir.join("log/audit.jsonl"),
+            metrics: Some(options.gateway_metrics.clone()),
+            quota: GatewayQuota::Local {
+                state_file: dir.join("state/quota.json"),
+            },
+        }),
     )?;
 
     // Agent.
@@ -263,7 +241,7 @@ run = 1
 [sources.hdf5]
 watch_dir = {watch}
 pattern = "*.h5"
-preset = "smalldata"
+preset = "sample"
 "#,
             instrument = toml_str(&options.instrument),
             experiment = toml_str(&options.experiment),
@@ -354,11 +332,11 @@ lclstream agent --config {d}/agent.toml &
 
 Wait for each to be up (nats-server logs `Server is ready`, the gateway
 `gateway running`, the agent `stream ready`). The agent watches `{data}` for
-new HDF5 files (`smalldata` layout) and publishes them into stream
+new HDF5 files (`sample` layout) and publishes them into stream
 `{stream}`, which it creates at start-up. Write a sample run there to try it:
 
 ```sh
-lclstream sample --layout smalldata --events 200 --out {data}/sample.h5
+lclstream sample --layout sample --events 200 --out {data}/sample.h5
 ```
 
 The example partner institution `{inst}` then pulls it through the gateway
@@ -391,6 +369,86 @@ What is where:
         stream_bytes = options.stream_max_bytes,
     );
     text
+}
+
+/// What one gateway's configuration file says.
+pub struct GatewayFile {
+    /// What wrote it, for the file's first line.
+    pub origin: &'static str,
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// CA certificate of the servers' TLS, if they use TLS.
+    pub ca_file: Option<PathBuf>,
+    pub policies: PathBuf,
+    pub keys: PathBuf,
+    pub audit: PathBuf,
+    /// Prometheus listen address, if any.
+    pub metrics: Option<String>,
+    pub quota: GatewayQuota,
+}
+
+/// Where a gateway keeps its quota counters.
+pub enum GatewayQuota {
+    /// One gateway: a local state file.
+    Local { state_file: PathBuf },
+    /// One of several gateways: the shared key-value buckets.
+    Shared { replicas: usize, gateway_id: String },
+}
+
+/// The text of a gateway configuration file (every key is documented in
+/// gateway/gateway.example.toml).
+pub fn gateway_config_text(file: &GatewayFile) -> String {
+    let quota = match &file.quota {
+        GatewayQuota::Local { state_file } => format!("state_file = {}\n", toml_path(state_file)),
+        GatewayQuota::Shared {
+            replicas,
+            gateway_id,
+        } => format!(
+            "# One of several gateways: counters, locks and the meter are shared\n\
+             # through JetStream (docs/operators.md, \"Several gateways\").\n\
+             shared = true\nreplicas = {replicas}\ngateway_id = {}\n",
+            toml_str(gateway_id)
+        ),
+    };
+    let metrics = match &file.metrics {
+        Some(listen) => format!(
+            "\n[metrics]\n# Prometheus endpoint: GET /metrics (see docs/grafana-dashboard.json).\nlisten = {}\n",
+            toml_str(listen)
+        ),
+        None => String::new(),
+    };
+    let ca = match &file.ca_file {
+        Some(path) => format!("ca_file = {}\n", toml_path(path)),
+        None => String::new(),
+    };
+    format!(
+        r#"# lclstream gateway configuration written by {origin}
+# (every key is documented in gateway/gateway.example.toml).
+
+[nats]
+url = {url}
+{ca}
+[policies]
+dir = {policies}
+reload_secs = 5
+
+[quota]
+{quota}
+[audit]
+file = {audit}
+
+[auth]
+keys_dir = {keys}
+callout = true
+encrypt = true
+user_ttl_secs = 3600
+{metrics}"#,
+        origin = file.origin,
+        url = toml_str(&file.url),
+        policies = toml_path(&file.policies),
+        audit = toml_path(&file.audit),
+        keys = toml_path(&file.keys),
+    )
 }
 
 fn toml_str(value: &str) -> String {

@@ -50,6 +50,10 @@ pub struct NatsConfig {
     /// Password of `user`.
     #[serde(default)]
     pub password: Option<String>,
+    /// CA certificate (PEM) the servers' TLS certificates are checked
+    /// against, when it is not in the system's roots; implies TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where institution policies are.
@@ -190,6 +194,7 @@ impl GatewayConfig {
         for p in [
             config.nats.nkey_seed_file.as_mut(),
             config.nats.creds_file.as_mut(),
+            config.nats.ca_file.as_mut(),
             config.audit.file.as_mut(),
             config.quota.state_file.as_mut(),
             config.auth.as_mut().map(|a| &mut a.keys_dir),
@@ -211,6 +216,7 @@ impl GatewayConfig {
                 creds_file: None,
                 user: None,
                 password: None,
+                ca_file: None,
             },
             policies: PoliciesConfig {
                 dir: policies_dir.to_path_buf(),
@@ -252,6 +258,9 @@ pub async fn connect(
     )
     .name(name)
     .custom_inbox_prefix(GATEWAY_INBOX_PREFIX);
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
     if let Some(seed) = service_seed {
         options = options.nkey(seed);
     } else if let Some(path) = &config.nkey_seed_file {

@@ -328,6 +328,10 @@ fn agent_owns_publish(key: &str, instruments: &[&str], subject: &str) -> bool {
         ["$JS", "API", "STREAM", "CREATE" | "UPDATE" | "INFO", stream] => {
             streams.iter().any(|s| s == stream) || job_stores.contains(stream)
         }
+        // Resume reads the last batch the agent stored in its own stream.
+        ["$JS", "API", "STREAM", "MSG", "GET", stream] if streams.iter().any(|s| s == stream) => {
+            true
+        }
         ["$JS", "API", "CONSUMER", "CREATE", "LCLS_JOBS", consumer]
         | ["$JS", "API", "CONSUMER", "DURABLE", "CREATE", "LCLS_JOBS", consumer]
         | ["$JS", "API", "CONSUMER", "INFO", "LCLS_JOBS", consumer]
@@ -477,6 +481,7 @@ fn roles() -> Vec<Role> {
                 "lcls.mfx.mfxp1234.7.jungfrau".into(),
                 "$JS.API.STREAM.CREATE.LCLS_MFX".into(),
                 "$JS.API.STREAM.INFO.LCLS_MFX".into(),
+                "$JS.API.STREAM.MSG.GET.LCLS_MFX".into(),
                 "$JS.API.STREAM.CREATE.LCLS_JOBS_DATA".into(),
                 "$JS.API.CONSUMER.CREATE.LCLS_JOBS.jobs-mfx.lclstream.jobs.queue.mfx".into(),
                 "$JS.API.CONSUMER.MSG.NEXT.LCLS_JOBS.jobs-mfx".into(),

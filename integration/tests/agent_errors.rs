@@ -126,6 +126,29 @@ async fn missing_dataset_names_file_and_dataset() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_matching_no_file_fails_naming_the_glob() {
+    let server = NatsServer::start_default().expect("nats-server starts");
+    let data = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    // A typo in the run number: files exist, none matches.
+    write_run(data.path(), 1, 5, 16);
+    let glob = format!("{}/r0070-*.h5", data.path().display());
+    let config = config(&server.url(), spool.path(), &hdf5_source(&glob, "skip", ""));
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        Agent::new(config).run(std::future::pending()),
+    )
+    .await
+    .expect("finishes")
+    .expect_err("nothing to read is an error");
+    let text = err.to_string();
+    assert!(
+        text.contains("r0070-*.h5") && text.contains("matches no file"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bad_config_is_refused_by_the_command_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -52,7 +52,7 @@ name = "jungfrau"
 run = 4
 [sources.hdf5]
 glob = "{}/*.h5"
-preset = "smalldata"
+preset = "sample"
 read_chunk_events = 4
 "#,
         server.url(),
@@ -125,7 +125,7 @@ read_chunk_events = 4
     let stream = read_stream(&server.url(), "LCLS_MFX").await;
     let jungfrau = &stream["lcls.mfx.mfxp1234.4.jungfrau"];
     assert!(assert_exactly_once(jungfrau, total), "jungfrau in order");
-    let expected = expected_events(&files, &Layout::preset(Preset::Smalldata));
+    let expected = expected_events(&files, &Layout::preset(Preset::Sample));
     let got: Vec<_> = jungfrau
         .iter()
         .flat_map(|b| b.events.iter().cloned())

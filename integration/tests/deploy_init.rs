@@ -17,7 +17,19 @@ struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
+        // SIGTERM first: a `lclstream nats server` stops its nats-server
+        // (SIGKILL would leave that running); then SIGKILL what is left.
         for (_, child) in &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        for (_, child) in &mut self.0 {
+            for _ in 0..100 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -335,6 +347,33 @@ fn render_puts_the_callout_where_the_topology_asks() {
         assert!(!text.contains("auth_callout"), "{edge}");
         assert!(text.contains("sync_interval: \"always\""), "{edge}");
     }
+
+    // Gateways laid out per callout site (auth.gateways): one file each,
+    // distinct ids, shared quota state, the site's servers, the TLS CA.
+    let mut ids = std::collections::BTreeSet::new();
+    for (site, count, servers) in [
+        ("facility", 3, "nats-1.slac"),
+        ("partner-nersc", 2, "nersc"),
+    ] {
+        for n in 1..=count {
+            let path = out.join(format!("gateways/{site}-gw{n}.toml"));
+            let config = lclstream_gateway::gateway::GatewayConfig::from_file(&path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(config.quota.shared, "{}", path.display());
+            assert_eq!(config.quota.replicas, 3);
+            ids.insert(config.quota.gateway_id.clone().unwrap());
+            assert!(config.nats.url.contains(servers), "{}", config.nats.url);
+            assert_eq!(config.nats.url.split(',').count(), 3);
+            assert_eq!(
+                config.nats.ca_file.as_deref(),
+                Some(Path::new("/etc/lclstream/tls/ca.pem"))
+            );
+            let auth = config.auth.expect("callout");
+            assert!(auth.callout);
+            assert_eq!(auth.keys_dir, keys);
+        }
+    }
+    assert_eq!(ids.len(), 5, "{ids:?}");
 
     // nats-server accepts the facility, partner and edge configurations.
     let Ok(nats_server) = find_nats_server() else {

@@ -58,6 +58,10 @@ pub struct RenderArgs {
     /// the servers of every site the topology lists in `auth.callout_sites`.
     #[arg(long)]
     pub gateway_keys: Option<PathBuf>,
+    /// Policy directory named in the gateway configurations written for
+    /// `auth.gateways` (as the gateways' hosts see it).
+    #[arg(long, default_value = "policies")]
+    pub policies: PathBuf,
 }
 
 /// Arguments of `lclstream nats up`.
@@ -129,8 +133,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
-    drop(server);
+    // SIGTERM too: a service manager or a test harness stops the server cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    tokio::task::spawn_blocking(move || drop(server)).await?;
     Ok(())
 }
 
@@ -168,7 +177,73 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         println!("{}", path.display());
     }
     println!("{}", args.out.join("topology.resolved.toml").display());
+    if let Some(keys) = &args.gateway_keys {
+        for path in render_gateways(&topology, keys, &args.policies, &args.out)? {
+            println!("{}", path.display());
+        }
+    }
     Ok(())
+}
+
+/// One gateway configuration per gateway the topology lays out at each
+/// callout site (`auth.gateways`): `<out>/gateways/<site>-gw<n>.toml`, each
+/// connecting to its site's servers and sharing quota state with the others.
+fn render_gateways(
+    topology: &Topology,
+    keys: &std::path::Path,
+    policies: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    use lclstream_gateway::deploy::{gateway_config_text, GatewayFile, GatewayQuota};
+    if topology.auth.gateways.is_empty() {
+        return Ok(Vec::new());
+    }
+    let plan = topology.plan(PortMode::FromFile)?;
+    let dir = out.join("gateways");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Relative paths in a gateway file are read from the file's directory.
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (keys, policies) = (absolute(keys), absolute(policies));
+    let ca_file = topology
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.ca_file.as_ref().map(PathBuf::from));
+    // The shared buckets live with the facility's streams: replicate them alike.
+    let replicas = topology
+        .sites
+        .iter()
+        .find(|s| s.role == Role::Facility)
+        .map(|s| plan.site_servers(&s.name).count().clamp(1, 3))
+        .unwrap_or(1);
+    let mut paths = Vec::new();
+    for (site, count) in &topology.auth.gateways {
+        let servers: Vec<_> = plan.site_servers(site).collect();
+        let url = servers
+            .iter()
+            .map(|s| s.client_url())
+            .collect::<Vec<_>>()
+            .join(",");
+        for n in 1..=*count {
+            let id = format!("{site}-gw{n}");
+            let text = gateway_config_text(&GatewayFile {
+                origin: "`lclstream nats render`",
+                url: url.clone(),
+                ca_file: ca_file.clone(),
+                policies: policies.clone(),
+                keys: keys.clone(),
+                audit: PathBuf::from(format!("log/audit-{id}.jsonl")),
+                metrics: None,
+                quota: GatewayQuota::Shared {
+                    replicas,
+                    gateway_id: id.clone(),
+                },
+            });
+            let path = dir.join(format!("{id}.toml"));
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            paths.push(path);
+        }
+    }
+    Ok(paths)
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {

@@ -162,6 +162,8 @@ pub fn agent_permissions(public_key: &str, instruments: &[String]) -> Permission
         let stream = stream_name(instrument);
         publish.push(stream_subjects(instrument));
         publish.extend(stream_management(&stream));
+        // Resume of re-readable sources reads the last batch it stored.
+        publish.push(format!("{api}.STREAM.MSG.GET.{stream}"));
         let consumer = worker_consumer_name(instrument);
         publish.push(format!("{api}.CONSUMER.CREATE.{QUEUE_STREAM}.{consumer}"));
         publish.push(format!(

@@ -80,12 +80,42 @@ pub fn find_nats_server() -> Result<PathBuf, ServerError> {
 /// The port is free when returned; another process may take it before the
 /// server binds it, so [`NatsServer::start`] retries on a bind failure.
 pub fn free_port() -> Result<u16, ServerError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free port"))?;
+    let listener = bind_free_port().map_err(io_err("binding a free port"))?;
     let port = listener
         .local_addr()
         .map_err(io_err("reading a bound port"))?
         .port();
     Ok(port)
+}
+
+/// Binds a free port on 127.0.0.1, chosen at random below the kernel's
+/// ephemeral range when there is room: the kernel hands ports of that range to
+/// every outgoing connection, which would otherwise take a port chosen here
+/// before a server binds it. Ports already handed out by this process are not
+/// given again. Falls back to a kernel-chosen port.
+pub fn bind_free_port() -> std::io::Result<TcpListener> {
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1_000 {
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let port = rng.random_range(LOWEST..ephemeral_low);
+            if given.contains(&port) {
+                continue;
+            }
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                given.push(port);
+                return Ok(listener);
+            }
+        }
+    }
+    TcpListener::bind("127.0.0.1:0")
 }
 
 /// A running nats-server process, killed when dropped.

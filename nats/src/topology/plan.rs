@@ -146,12 +146,11 @@ impl Plan {
                 }
                 match mode {
                     PortMode::FreeWhereMissing => {
-                        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| {
-                            TopologyError::Io {
+                        let listener =
+                            crate::server::bind_free_port().map_err(|e| TopologyError::Io {
                                 context: "binding a free port".into(),
                                 source: e,
-                            }
-                        })?;
+                            })?;
                         let port = listener
                             .local_addr()
                             .map_err(|e| TopologyError::Io {

@@ -217,6 +217,11 @@ pub struct AuthSpec {
     /// them; rendering without the blocks is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub callout_sites: Vec<String>,
+    /// lclstream gateways (auth callout, requests, meter) per callout site,
+    /// e.g. `{ facility = 3 }`: `lclstream nats render --gateway-keys DIR`
+    /// writes one configuration each, sharing quota state through JetStream.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gateways: BTreeMap<String, u32>,
 }
 
 impl AuthSpec {
@@ -349,6 +354,20 @@ impl Topology {
                     ))
                 }
                 Some(_) => {}
+            }
+        }
+        for (site, count) in &self.auth.gateways {
+            if !self.auth.callout_sites.contains(site) {
+                return Err(format!(
+                    "auth.gateways names {site:?}, which is not in auth.callout_sites: \
+                     gateways answer the callout of their own site"
+                ));
+            }
+            if !(1..=9).contains(count) {
+                return Err(format!(
+                    "auth.gateways.{site} = {count}: give 1 to 9 gateways (2 or 3 for no \
+                     single point of failure)"
+                ));
             }
         }
         let mut site_names = BTreeSet::new();
@@ -657,6 +676,20 @@ partners = ["p1"]
             (
                 SMALL.replace("role = \"edge\"", "role = \"edge\"\nsize = 2"),
                 "one server",
+            ),
+            (
+                SMALL.replace(
+                    "name = \"t\"",
+                    "name = \"t\"\n[auth]\ncallout_sites = [\"fac\"]\ngateways = { p1 = 2 }",
+                ),
+                "auth.gateways names \"p1\", which is not in auth.callout_sites",
+            ),
+            (
+                SMALL.replace(
+                    "name = \"t\"",
+                    "name = \"t\"\n[auth]\ncallout_sites = [\"fac\"]\ngateways = { fac = 0 }",
+                ),
+                "auth.gateways.fac = 0",
             ),
         ];
         for (text, expected) in cases {

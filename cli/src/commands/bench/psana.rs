@@ -119,19 +119,16 @@ pub async fn run(args: PsanaBenchArgs) -> anyhow::Result<()> {
 
     // The helper and the agent's reader, without publishing.
     let config = PsanaConfig {
-        files: vec![file.clone()],
-        experiment: None,
-        psana_run: None,
-        dir: None,
-        fields: vec![PsanaField {
-            detector: "xppcspad".into(),
-            data: "raw".into(),
-            field: Some("cspad".into()),
-        }],
         python: Some(python.clone()),
-        max_events: None,
         restarts: 0,
-        skip_calib_load: true,
+        ..PsanaConfig::for_files(
+            vec![file.clone()],
+            vec![PsanaField {
+                detector: "xppcspad".into(),
+                data: "raw".into(),
+                field: Some("cspad".into()),
+            }],
+        )
     };
     let reader = tokio::task::spawn_blocking(move || {
         let started = Instant::now();

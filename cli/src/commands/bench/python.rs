@@ -126,7 +126,7 @@ pub async fn run(args: PythonBenchArgs) -> anyhow::Result<()> {
     let limits = PullLimits::default();
     let gateway = support::BenchGateway::start(&url, 4, &limits).await?;
     println!(
-        "python benchmark: HDF5 smalldata file of {} events, {}x{} u16 images ({:.0} MB), \
+        "python benchmark: HDF5 sample file of {} events, {}x{} u16 images ({:.0} MB), \
          {} events per batch, agent spool fsync {}, server {url}",
         args.events,
         args.height,

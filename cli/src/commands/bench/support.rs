@@ -205,7 +205,7 @@ pub fn synthetic_source(
     )
 }
 
-/// A `[[sources]]` entry reading one smalldata-layout HDF5 file.
+/// A `[[sources]]` entry reading one sample-layout HDF5 file.
 pub fn hdf5_source(name: &str, run: u32, file: &Path) -> String {
     format!(
         "[[sources]]\nname = \"{name}\"\nrun = {run}\n[sources.hdf5]\nfile = \"{}\"\npreset = \"sample\"\n",
