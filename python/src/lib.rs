@@ -124,7 +124,7 @@ impl NativeClient {
             limits,
             reassembler: Reassembler::new(limits),
             held: HashMap::new(),
-            unacked: Vec::new(),
+            unacked: std::collections::VecDeque::new(),
             ended: false,
         })
     }
@@ -143,8 +143,9 @@ struct NativePuller {
     limits: DecodeLimits,
     reassembler: Reassembler,
     held: HashMap<String, Vec<jetstream::Message>>,
-    /// Messages of batches handed to Python and not yet acknowledged.
-    unacked: Vec<jetstream::Message>,
+    /// Messages of each batch handed to Python and not yet acknowledged,
+    /// in the order handed out (a batch may span several messages).
+    unacked: std::collections::VecDeque<Vec<jetstream::Message>>,
     ended: bool,
 }
 
@@ -349,7 +350,7 @@ impl NativePuller {
         let out = PyList::empty(py);
         for (whole, batch, group) in pulled {
             out.append(batch_to_py(py, &whole, batch)?)?;
-            self.unacked.extend(group);
+            self.unacked.push_back(group);
         }
         Ok(out)
     }
@@ -360,9 +361,16 @@ impl NativePuller {
         self.ended
     }
 
-    /// Acknowledges (confirmed) every batch handed out so far.
-    fn ack(&mut self, py: Python<'_>) -> PyResult<usize> {
-        let messages = std::mem::take(&mut self.unacked);
+    /// Acknowledges (confirmed) the oldest `batches` batches handed out and
+    /// not yet acknowledged, or all of them; returns the messages acknowledged.
+    /// Acknowledging only the batches whose step finished keeps the others
+    /// of the same pull deliverable again if the process dies.
+    #[pyo3(signature = (batches=None))]
+    fn ack(&mut self, py: Python<'_>, batches: Option<usize>) -> PyResult<usize> {
+        let count = batches
+            .unwrap_or(self.unacked.len())
+            .min(self.unacked.len());
+        let messages: Vec<jetstream::Message> = self.unacked.drain(..count).flatten().collect();
         let n = messages.len();
         let runtime = self.runtime.clone();
         py.detach(|| {
@@ -380,7 +388,7 @@ impl NativePuller {
     /// Hands back every batch handed out and not acknowledged, and the chunks
     /// of incomplete batches, for redelivery now.
     fn nak(&mut self, py: Python<'_>) -> PyResult<usize> {
-        let mut messages = std::mem::take(&mut self.unacked);
+        let mut messages: Vec<jetstream::Message> = self.unacked.drain(..).flatten().collect();
         messages.extend(self.held.drain().flat_map(|(_, v)| v));
         let n = messages.len();
         let runtime = self.runtime.clone();
@@ -397,8 +405,37 @@ impl NativePuller {
     }
 }
 
+/// Decodes one whole wire message (headers as a dict of strings, payload
+/// as bytes) with the Rust decoder, outside the GIL; the result has the
+/// shape of a pulled batch (subject empty, stream sequence 0). Used by the
+/// decode benchmark and by callers holding messages from elsewhere.
+#[pyfunction]
+fn decode<'py>(
+    py: Python<'py>,
+    headers: HashMap<String, String>,
+    payload: &[u8],
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in &headers {
+        map.insert(name.as_str(), value.as_str());
+    }
+    let payload = bytes::Bytes::copy_from_slice(payload);
+    let whole = Whole {
+        subject: String::new(),
+        sequence: 0,
+        headers: map,
+        payload,
+    };
+    let limits = DecodeLimits::default();
+    let batch = py
+        .detach(|| wire::decode(Some(&whole.headers), &whole.payload, &limits))
+        .map_err(|e| PyValueError::new_err(format!("not a wire v1 message: {e}")))?;
+    batch_to_py(py, &whole, batch)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_class::<NativeClient>()?;
     m.add_class::<NativePuller>()?;
     Ok(())
