@@ -146,6 +146,7 @@ impl PartnerClient {
             summary,
             options,
             client: &self.client,
+            acks: VecDeque::new(),
         };
         let mut last_message = Instant::now();
         loop {
@@ -316,6 +317,8 @@ impl PartnerClient {
         }
         // Chunks of incomplete batches: give them back rather than wait for ack_wait.
         nak_held(&mut held).await;
+        // Every written batch's ack is confirmed before the pull reports it.
+        delivery.settle_acks(0).await?;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await;
         Ok(delivery.summary)
     }
@@ -383,9 +386,31 @@ struct Delivery<'a> {
     summary: PullSummary,
     options: &'a PullOptions,
     client: &'a async_nats::Client,
+    /// Confirmed acks still waiting for the server's reply, oldest first.
+    /// They run concurrently so that receiving and decoding never wait one
+    /// round trip per message; a dropped handle lets its ack finish.
+    acks: VecDeque<tokio::task::JoinHandle<Result<(), PartnerError>>>,
 }
 
+/// Confirmed acks allowed in flight before the next batch waits for the oldest.
+const MAX_ACKS_IN_FLIGHT: usize = 256;
+
 impl Delivery<'_> {
+    /// Collects finished acks, then waits for the oldest until at most
+    /// `keep` are in flight; the first failed ack is the pull's error.
+    async fn settle_acks(&mut self, keep: usize) -> Result<(), PartnerError> {
+        while let Some(front) = self.acks.front() {
+            if !front.is_finished() && self.acks.len() <= keep {
+                break;
+            }
+            let handle = self.acks.pop_front().expect("an ack in flight");
+            handle
+                .await
+                .map_err(|e| PartnerError::Nats(format!("ack task: {e}")))??;
+        }
+        Ok(())
+    }
+
     async fn complete(
         &mut self,
         batch: PendingBatch,
@@ -475,12 +500,15 @@ impl Delivery<'_> {
         self.summary.events += written;
         if complete {
             self.summary.batches += 1;
-            for m in &messages {
+            for m in messages {
                 // Confirmed ack: once it returns the server will not redeliver.
-                m.double_ack()
-                    .await
-                    .map_err(|e| PartnerError::Nats(format!("ack of {sequence}: {e}")))?;
+                self.acks.push_back(tokio::spawn(async move {
+                    m.double_ack()
+                        .await
+                        .map_err(|e| PartnerError::Nats(format!("ack of {sequence}: {e}")))
+                }));
             }
+            self.settle_acks(MAX_ACKS_IN_FLIGHT).await?;
         } else {
             // Only part of the batch was wanted: hand it back at once
             // (the written part is skipped on redelivery by a sink that remembers).
