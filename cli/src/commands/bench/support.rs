@@ -322,8 +322,16 @@ pub async fn raw_pull(
             .expires(Duration::from_secs(1))
             .messages()
             .await?;
+        let mut delivered = 0u64;
         while let Some(message) = step("raw pull", batch.next()).await? {
-            let message = message.map_err(|e| anyhow::anyhow!("raw pull: {e}"))?;
+            let message = match message {
+                Ok(m) => m,
+                // The request ends with this status when the next message
+                // does not fit in the bytes left: pull again.
+                Err(e) if delivered > 0 && e.to_string().contains("Exceeds MaxBytes") => break,
+                Err(e) => anyhow::bail!("raw pull: {e}"),
+            };
+            delivered += 1;
             bytes += message.payload.len() as u64;
             count += 1;
             if keep {
