@@ -34,6 +34,8 @@ const TOKEN_HEADER: &str = "x-lclstream-token";
 const APP_JS: &str = include_str!("assets/app.js");
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 16 * 1024;
+/// Event streams (open tabs) served at once; more are refused.
+const MAX_EVENT_STREAMS: usize = 16;
 /// Concurrent connections served; more wait for a free slot.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -78,6 +80,7 @@ pub async fn serve(
         addr,
         index_html: INDEX_HTML.replace(TOKEN_PLACEHOLDER, &token),
         token,
+        event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
@@ -112,6 +115,9 @@ struct Shared {
     /// Secret of this process, embedded in the page, required by control requests.
     token: String,
     index_html: String,
+    /// Open event streams: each lasts as long as its tab, so they get fewer
+    /// slots than connections and never starve the page's other requests.
+    event_streams: Arc<Semaphore>,
 }
 
 /// 128 random bits from the kernel, hex-encoded.
@@ -298,6 +304,16 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             respond(&mut stream, "200 OK", "application/json", "", &body).await
         }
         ("GET", "/api/events") => {
+            let Ok(_slot) = shared.event_streams.clone().try_acquire_owned() else {
+                return respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "Retry-After: 5\r\n",
+                    b"too many viewer tabs open: close one",
+                )
+                .await;
+            };
             stream
                 .write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
@@ -434,6 +450,45 @@ mod tests {
         let mut out = Vec::new();
         stream.read_to_end(&mut out).await.unwrap();
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn open_tabs_cannot_starve_the_page() {
+        let state = Arc::new(ViewState::new("partner", "lcls.a.>", None));
+        let (selection, _watched) = watch::channel("lcls.a.>".to_string());
+        let server = serve("127.0.0.1:0".parse().unwrap(), state, selection)
+            .await
+            .unwrap();
+        let addr = server.addr();
+        let events = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let mut open = Vec::new();
+        for _ in 0..MAX_EVENT_STREAMS {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(events.as_bytes()).await.unwrap();
+            let mut first = [0u8; 12];
+            stream.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            open.push(stream);
+        }
+        let refused = raw(addr, &events).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        let page = raw(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        // A closed tab frees its slot (once the server's next write fails).
+        drop(open.pop());
+        let mut again = String::new();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(events.as_bytes()).await.unwrap();
+            let mut first = [0u8; 12];
+            stream.read_exact(&mut first).await.unwrap();
+            again = String::from_utf8_lossy(&first).into_owned();
+            if again == "HTTP/1.1 200" {
+                break;
+            }
+        }
+        assert_eq!(again, "HTTP/1.1 200");
     }
 
     #[tokio::test]
