@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Upper bounds (seconds) of the publish-ack latency histogram buckets.
@@ -207,29 +206,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            // Read up to the end of the request head (it may arrive in pieces).
-            let mut request = [0u8; 2048];
-            let mut n = 0;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while n < request.len() && !request[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                match tokio::time::timeout_at(deadline, stream.read(&mut request[n..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(read)) => n += read,
-                }
-            }
-            let head = String::from_utf8_lossy(&request[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let path = lclstream_nats::metrics_http::read_request_path(&mut stream).await;
+            let path = path.as_str();
             let (status, body) = if path == "/metrics" || path == "/" {
                 ("200 OK", metrics.render())
             } else {
                 ("404 Not Found", "not found\n".to_string())
             };
-            let response = format!(
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            lclstream_nats::metrics_http::respond(&mut stream, status, &body).await;
         });
     }
 }

@@ -13,6 +13,7 @@
 //!   facility and partner clusters, stream placement): render, run, status.
 
 pub mod connection_events;
+pub mod metrics_http;
 pub mod protocol;
 pub mod server;
 pub mod streams;
