@@ -29,13 +29,8 @@ pub struct GatewaysArgs {
 }
 
 pub async fn run(args: GatewaysArgs) -> anyhow::Result<()> {
-    let options = match &args.seed {
-        Some(path) => async_nats::ConnectOptions::with_nkey(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading seed file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
+    let options = match super::read_seed(args.seed.as_deref())? {
+        Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
         None => async_nats::ConnectOptions::new(),
     };
     let client = options

@@ -33,15 +33,7 @@ pub struct Connection {
 
 impl Connection {
     async fn connect(&self) -> anyhow::Result<PartnerClient> {
-        let seed = match &self.seed {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading seed file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let seed = super::read_seed(self.seed.as_deref())?;
         Ok(PartnerClient::connect(&PartnerConfig {
             url: self.url.clone(),
             institution: self.institution.clone(),

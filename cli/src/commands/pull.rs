@@ -100,15 +100,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
     if !args.idle_timeout.is_finite() || args.idle_timeout <= 0.0 || args.idle_timeout > 1e6 {
         anyhow::bail!("--idle-timeout must be between 0 and 1e6 seconds");
     }
-    let seed = match &args.seed {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading seed file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let seed = super::read_seed(args.seed.as_deref())?;
     let request = DatasetRequest {
         filters: args.subjects.clone(),
         start: parse_start(&args.start)?,

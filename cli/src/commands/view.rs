@@ -43,15 +43,7 @@ pub struct ViewArgs {
 
 /// Runs the viewer until Ctrl-C.
 pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
-    let seed = match &args.seed {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the seed file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let seed = super::read_seed(args.seed.as_deref())?;
     let who = match (&args.institution, &args.stream) {
         (Some(institution), _) => format!("{institution}'s granted data"),
         (None, Some(stream)) => format!("stream {stream}"),
