@@ -107,7 +107,9 @@ async def main():
             break
         try:
             messages = await sub.fetch(batch_size, timeout=max(0.2, min(2.0, left)))
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            # nats-py raises its own TimeoutError when the pull request
+            # expires empty, and asyncio's when its wait times out first.
             continue
         for msg in messages:
             last = time.monotonic()
