@@ -445,7 +445,7 @@ pub async fn connect(nats: &NatsConfig, name: &str) -> Result<async_nats::Client
         );
     }
     options
-        .connect(nats.url.as_str())
+        .connect(lclstream_nats::server_urls::server_urls(&nats.url))
         .await
         .map_err(|e| AgentError::Nats(format!("connecting to {}: {e}", nats.url)))
 }

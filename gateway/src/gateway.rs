@@ -276,7 +276,7 @@ pub async fn connect(
         options = options.user_and_password(user.clone(), password.clone());
     }
     options
-        .connect(config.url.as_str())
+        .connect(lclstream_nats::server_urls::server_urls(&config.url))
         .await
         .with_context(|| format!("connecting to {}", config.url))
 }

@@ -21,12 +21,9 @@
 mod partner_support;
 mod wan_support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
@@ -39,33 +36,6 @@ use wan_support::*;
 
 const EVENTS: u64 = 1200;
 const INSTITUTION: &str = "ucsd";
-
-/// Event indices of a JSON lines file, with how often each appears.
-fn written_indices(path: &Path) -> BTreeMap<u64, u32> {
-    let mut counts = BTreeMap::new();
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    for line in text.lines() {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue; // a line being written
-        };
-        if let Some(index) = value["index"].as_u64() {
-            *counts.entry(index).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// Waits until `check` holds, polling every 200 ms, up to `timeout`.
-async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    check()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_gets_every_event_exactly_once_across_a_partition() {
@@ -184,61 +154,20 @@ events = {EVENTS}
     let seed_file = dir.path().join("ucsd.nk");
     std::fs::write(&seed_file, partner_key.seed().unwrap()).unwrap();
     let out = dir.path().join("events.jsonl");
-    let stop = Arc::new(AtomicBool::new(false));
-    let runs = Arc::new(AtomicU64::new(0));
-    let puller = {
-        let (site, url, out, stop, runs, logs) = (
-            partner_site.clone(),
-            relay.url("nats"),
-            out.clone(),
-            stop.clone(),
-            runs.clone(),
-            dir.path().to_path_buf(),
-        );
-        let seed_file = seed_file.clone();
-        tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(100);
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let run = runs.fetch_add(1, Ordering::SeqCst);
-                let log = logs.join(format!("pull-{run}.log"));
-                let mut pull = Guarded(
-                    site.command(binary)
-                        .args(["pull", "--url", &url, "--institution", INSTITUTION])
-                        .arg("--seed")
-                        .arg(&seed_file)
-                        .args(["--subject", "lcls.mfx.mfxp1234.>", "--label", "wan"])
-                        .args(["--idle-timeout", "6"])
-                        .arg("--jsonl")
-                        .arg(&out)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(&log).unwrap())
-                        .spawn()
-                        .expect("pull starts"),
-                );
-                // Bounded: a pull stalled by the partition is killed, as a
-                // service manager's watchdog would.
-                let status = pull.wait_timeout(Duration::from_secs(40));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if status.is_none_or(|s| !s.success()) {
-                    let last = text
-                        .lines()
-                        .rfind(|l| l.starts_with("error"))
-                        .or(text.lines().last())
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    failures.push(format!("run {run} ({status:?}): {last}"));
-                }
-                if written_indices(&out).len() as u64 >= EVENTS {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            failures
-        })
-    };
+    let puller = PullLoop::spawn(
+        binary,
+        PullSpec {
+            site: partner_site.clone(),
+            url: relay.url("nats"),
+            institution: INSTITUTION.into(),
+            seed_file,
+            subject: "lcls.mfx.mfxp1234.>".into(),
+            label: "wan".into(),
+            out: out.clone(),
+            logs: dir.path().to_path_buf(),
+            events: EVENTS,
+        },
+    );
 
     assert!(
         wait_until(Duration::from_secs(60), || written_indices(&out).len()
@@ -254,38 +183,21 @@ events = {EVENTS}
         "the agent finishes its run ({agent_status:?}): {}",
         std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
     );
-    let complete = wait_until(Duration::from_secs(70), || {
+    wait_until(Duration::from_secs(70), || {
         written_indices(&out).len() as u64 >= EVENTS
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let failures = tokio::time::timeout(Duration::from_secs(60), puller)
-        .await
-        .expect("the pull loop ends")
-        .unwrap();
-    let counts = written_indices(&out);
-    assert!(
-        complete,
-        "{} of {EVENTS} events reached the partner; pull runs that failed: {failures:#?}",
-        counts.len()
-    );
-    let missing: Vec<u64> = (0..EVENTS).filter(|i| !counts.contains_key(i)).collect();
-    let repeated: Vec<(&u64, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    let outside: Vec<&u64> = counts.keys().filter(|i| **i >= EVENTS).collect();
-    assert!(missing.is_empty(), "events missing: {missing:?}");
-    assert!(repeated.is_empty(), "events written twice: {repeated:?}");
-    assert!(outside.is_empty(), "unexpected events: {outside:?}");
+    let runs = puller.runs();
+    let failures = puller.finish().await;
+    assert_exactly_once(&out, EVENTS, &failures);
     // A pull cannot outlast the partition (its acks or its idle timeout end
     // it), so the dataset was completed by a later run resuming the consumer.
-    assert!(
-        runs.load(Ordering::SeqCst) >= 2,
-        "the partition interrupted the pull"
-    );
+    assert!(runs >= 2, "the partition interrupted the pull");
     let (up, down) = relay.forwarded();
     eprintln!(
         "WAN partition: {EVENTS} events exactly once after {} pull runs ({} ended in an error), \
          {up} bytes up and {down} down through the relay, {:.1} s",
-        runs.load(Ordering::SeqCst),
+        runs,
         failures.len(),
         started.elapsed().as_secs_f64()
     );

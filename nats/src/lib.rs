@@ -9,6 +9,7 @@
 //!   gateway and facility workers (JSON messages, names, job streams).
 //! - [`server`]: rendering nats-server configuration and launching real
 //!   nats-server processes for development, demos and tests.
+//! - [`server_urls`]: comma-separated server URL lists, as every connection reads them.
 //! - [`topology`]: globally distributed deployments as data (edge leaf nodes,
 //!   facility and partner clusters, stream placement): render, run, status.
 
@@ -16,6 +17,7 @@ pub mod connection_events;
 pub mod metrics_http;
 pub mod protocol;
 pub mod server;
+pub mod server_urls;
 pub mod streams;
 pub mod subjects;
 pub mod synthetic;

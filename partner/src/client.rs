@@ -70,7 +70,7 @@ impl PartnerClient {
             lclstream_nats::connection_events::log_events_with_url(options, &config.url, &name)
                 .name(name)
                 .custom_inbox_prefix(inbox_prefix(&config.institution))
-                .connect(config.url.as_str())
+                .connect(lclstream_nats::server_urls::server_urls(&config.url))
                 .await
                 .map_err(|e| PartnerError::Nats(format!("connecting to {}: {e}", config.url)))?;
         Ok(Self::from_client(client, &config.institution))

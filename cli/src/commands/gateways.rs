@@ -35,7 +35,7 @@ pub async fn run(args: GatewaysArgs) -> anyhow::Result<()> {
     };
     let client = options
         .name("lclstream-gateways")
-        .connect(args.url.as_str())
+        .connect(lclstream_nats::server_urls::server_urls(&args.url))
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
     let js = async_nats::jetstream::new(client);

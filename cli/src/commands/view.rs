@@ -73,7 +73,7 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
             };
             let client = options
                 .name("lclstream-view")
-                .connect(args.url.as_str())
+                .connect(lclstream_nats::server_urls::server_urls(&args.url))
                 .await
                 .with_context(|| format!("connecting to {}", args.url))?;
             Viewer::start_operator(client, stream, args.bind, &args.subject, args.field).await?

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
+use lclstream_nats::server_urls::server_urls;
 use nkeys::{KeyPair, XKey};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -194,7 +195,7 @@ impl AuthCallout {
         )
         .name("lclstream-gateway-callout")
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(server_urls(url))
         .await
         .map_err(|e| anyhow::anyhow!("callout connection to {url}: {e}"))?;
         let system = log_events_with_url(
@@ -205,7 +206,7 @@ impl AuthCallout {
         .name("lclstream-gateway-system")
         .custom_inbox_prefix(GATEWAY_INBOX_PREFIX)
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(server_urls(url))
         .await
         .map_err(|e| anyhow::anyhow!("system connection to {url}: {e}"))?;
         Ok(Self::start(

@@ -18,16 +18,19 @@
 //! The tests need root, iproute2 (`ip`, `tc`) and iptables; [`lab_or_skip`]
 //! says clearly why a test is skipped when they are missing.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod leaf;
 pub mod netns;
+pub mod pull_loop;
 pub mod relay;
+pub mod supercluster;
 
 use std::process::Child;
 use std::time::Duration;
 
 pub use netns::{Lab, LinkShape, Site};
+pub use pull_loop::{assert_exactly_once, wait_until, written_indices, PullLoop, PullSpec};
 pub use relay::{Delay, DelayRelay};
 
 /// A lab, or `None` after printing why `test` is skipped.

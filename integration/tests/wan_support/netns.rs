@@ -347,6 +347,16 @@ impl Lab {
             inner_args.extend_from_slice(&tbf);
             run(&inner_args)?;
         }
+        // Connection tracking must see every WAN connection from its first
+        // packet: a connection it picks up mid-stream takes its direction
+        // from whichever packet comes first, so a later partition rule
+        // (`--ctdir`) could miss it. A rule that only counts is enough to
+        // turn tracking on in the namespace now.
+        for chain in ["INPUT", "OUTPUT"] {
+            let mut args = vec!["-A", chain];
+            args.extend_from_slice(&site.wan_match(chain));
+            site.iptables(&args)?;
+        }
         site.set_loss(shape.loss)?;
         Ok(site)
     }

@@ -61,6 +61,9 @@ pub struct PlannedServer {
     pub ports: Ports,
     /// Its JetStream domain.
     pub domain: String,
+    /// `host:port` other clusters dial for its NATS gateway, when not `host`
+    /// and its gateway port.
+    pub gateway_advertise: Option<String>,
 }
 
 impl PlannedServer {
@@ -72,6 +75,16 @@ impl PlannedServer {
     /// Monitoring base URL.
     pub fn monitor_url(&self) -> String {
         format!("http://{}:{}", self.host, self.ports.monitor)
+    }
+
+    /// `host:port` other clusters dial for its NATS gateway; `None` without one.
+    pub fn gateway_addr(&self) -> Option<String> {
+        let port = self.ports.gateway?;
+        Some(
+            self.gateway_advertise
+                .clone()
+                .unwrap_or_else(|| format!("{}:{port}", self.host)),
+        )
     }
 }
 
@@ -197,6 +210,7 @@ impl Plan {
                 listen,
                 ports,
                 domain,
+                gateway_advertise: spec.gateway_advertise.clone(),
             });
         }
         check_port_conflicts(&servers)?;
@@ -215,6 +229,7 @@ impl Plan {
                     cluster_port: s.ports.cluster,
                     gateway_port: s.ports.gateway,
                     leafnode_port: s.ports.leafnode,
+                    gateway_advertise: s.gateway_advertise.clone(),
                 })
                 .collect();
             site.size = None;
@@ -250,6 +265,25 @@ impl Plan {
         if let Some(site) = self.topology.site_mut(edge) {
             site.hub_urls = self.leaf_remotes[edge].clone();
         }
+    }
+
+    /// Makes the other clusters reach server `name`'s NATS gateway at
+    /// `addr` (`host:port`; e.g. through a link that a test delays or cuts),
+    /// and the server advertise it. `false` if there is no such server.
+    pub fn set_gateway_advertise(&mut self, name: &str, addr: String) -> bool {
+        let Some(server) = self.servers.iter_mut().find(|s| s.name == name) else {
+            return false;
+        };
+        server.gateway_advertise = Some(addr.clone());
+        let site = server.site.clone();
+        if let Some(spec) = self
+            .topology
+            .site_mut(&site)
+            .and_then(|s| s.servers.iter_mut().find(|s| s.name == name))
+        {
+            spec.gateway_advertise = Some(addr);
+        }
+        true
     }
 
     /// Leaf node listener addresses (`host:port`) of the hub of edge site `edge`.

@@ -185,6 +185,9 @@ impl Plan {
             "  listen: {}",
             quote(&format!("{}:{port}", server.listen))
         );
+        if let Some(addr) = &server.gateway_advertise {
+            let _ = writeln!(out, "  advertise: {}", quote(addr));
+        }
         out.push_str(&self.internal_tls("  "));
         let _ = writeln!(out, "  gateways: [");
         let scheme = self.scheme("nats");
@@ -194,11 +197,8 @@ impl Plan {
             }
             let urls: Vec<String> = self
                 .site_servers(&site.name)
-                .filter_map(|s| {
-                    s.ports
-                        .gateway
-                        .map(|p| quote(&format!("{scheme}://{}:{p}", s.host)))
-                })
+                .filter_map(|s| s.gateway_addr())
+                .map(|addr| quote(&format!("{scheme}://{addr}")))
                 .collect();
             let _ = writeln!(
                 out,
@@ -409,6 +409,33 @@ size = 1
         assert!(!p1.contains("leafnodes"));
         assert!(!p1.contains("# facility only"));
         assert!(p1.contains("store_dir: \"/srv/nats/p1-1/jetstream\""));
+    }
+
+    #[test]
+    fn gateway_advertise_reaches_the_other_clusters() {
+        let topology = Topology::parse(TEXT, "t.toml").unwrap();
+        let mut plan = topology.plan(PortMode::FromFile).unwrap();
+        assert!(plan.set_gateway_advertise("p1-1", "gw.p1.example:443".into()));
+        assert!(!plan.set_gateway_advertise("nowhere", "x:1".into()));
+        let dir = std::path::Path::new("/d");
+        let p1 = plan
+            .server_config(plan.server("p1-1").unwrap(), dir)
+            .render();
+        assert!(p1.contains("advertise: \"gw.p1.example:443\""), "{p1}");
+        let fac1 = plan
+            .server_config(plan.server("fac-1").unwrap(), dir)
+            .render();
+        assert!(
+            fac1.contains("{ name: \"p1\", urls: [\"tls://gw.p1.example:443\"] }"),
+            "{fac1}"
+        );
+        assert!(!fac1.contains("advertise"), "{fac1}");
+        // Kept in the resolved topology, so that a saved plan renders alike.
+        let saved = plan.topology.site("p1").unwrap().servers[0].clone();
+        assert_eq!(
+            saved.gateway_advertise.as_deref(),
+            Some("gw.p1.example:443")
+        );
     }
 
     #[test]

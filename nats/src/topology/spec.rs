@@ -161,6 +161,12 @@ pub struct ServerSpec {
     /// Leaf node listener port (facility servers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leafnode_port: Option<u16>,
+    /// `host:port` other clusters dial to reach this server's NATS gateway,
+    /// when it differs from `host` and the gateway port (a NAT, a port
+    /// forward, a relay): rendered as the server's gateway `advertise` and
+    /// into the other sites' gateway URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_advertise: Option<String>,
 }
 
 /// TLS files, rendered into every listener and leaf node remote when given.
