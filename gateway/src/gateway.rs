@@ -377,14 +377,9 @@ impl Gateway {
                 .clone()
                 .unwrap_or_else(crate::shared_state::default_gateway_id);
             let lease = meter_lease(&config.meter);
-            let shared = SharedState::open(
-                &async_nats::jetstream::new(client.clone()),
-                id,
-                config.quota.replicas,
-                lease,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the shared gateway state: {e}"))?;
+            let shared = SharedState::open(&client, id, config.quota.replicas, lease)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the shared gateway state: {e}"))?;
             quotas.attach_shared(shared.usage());
             Some(shared)
         } else {

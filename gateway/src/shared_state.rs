@@ -39,6 +39,11 @@ pub const MAX_CAS_ATTEMPTS: usize = 64;
 pub const LOCK_LEASE: Duration = Duration::from_secs(3);
 /// How long a gateway waits for a decision lock before answering "busy".
 pub const LOCK_WAIT: Duration = Duration::from_secs(6);
+/// How long one operation on the shared buckets may take. A gateway cut off
+/// from the buckets (a partner-site gateway during a WAN partition) must
+/// refuse within the partner's request timeout (10 s), not after it: the
+/// lock's wait plus one operation stays below it.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn usage_key(institution: &str) -> String {
     format!("usage.{institution}")
@@ -250,15 +255,23 @@ pub fn default_gateway_id() -> String {
 }
 
 impl SharedState {
-    /// Opens (creating when missing) both buckets on the facility connection.
+    /// Opens (creating when missing) both buckets on the facility
+    /// connection; every later operation on them is bounded by
+    /// [`OPERATION_TIMEOUT`].
     pub async fn open(
-        js: &jetstream::Context,
+        client: &async_nats::Client,
         gateway_id: String,
         replicas: usize,
         lease: Duration,
     ) -> Result<SharedState, async_nats::Error> {
-        let state = open_or_create(js, state_config(replicas)).await?;
-        let live = open_or_create(js, live_config(replicas, lease)).await?;
+        // Creating a replicated bucket may take longer than one operation.
+        let js = jetstream::new(client.clone());
+        open_or_create(&js, state_config(replicas)).await?;
+        open_or_create(&js, live_config(replicas, lease)).await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(OPERATION_TIMEOUT);
+        let state = js.get_key_value(STATE_BUCKET).await?;
+        let live = js.get_key_value(LIVE_BUCKET).await?;
         Ok(SharedState {
             state,
             live,
@@ -285,13 +298,20 @@ impl SharedState {
     }
 
     /// Takes `institution`'s decision lock, waiting at most [`LOCK_WAIT`].
+    /// Errors say whether another gateway holds it or the bucket did not answer.
     pub async fn lock(&self, institution: &str) -> Result<DecisionLock, String> {
+        let unreachable = |e: String| {
+            format!(
+                "the gateways' shared state (bucket {STATE_BUCKET}) did not answer ({e}); \
+                 try again"
+            )
+        };
         let key = lock_key(institution);
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let mut attempt = 0;
         loop {
             let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-            let (value, revision) = read_entry(&self.state, &key).await?;
+            let (value, revision) = read_entry(&self.state, &key).await.map_err(unreachable)?;
             let free = match value {
                 None => true,
                 Some(bytes) => serde_json::from_slice::<LockValue>(&bytes)
@@ -304,8 +324,9 @@ impl SharedState {
                     until_ms: now_ms + LOCK_LEASE.as_millis() as i64,
                 };
                 let encoded = serde_json::to_vec(&mine).map_err(|e| e.to_string())?;
-                if let Some(revision) =
-                    write_if(&self.state, &key, encoded.into(), revision).await?
+                if let Some(revision) = write_if(&self.state, &key, encoded.into(), revision)
+                    .await
+                    .map_err(unreachable)?
                 {
                     return Ok(DecisionLock {
                         state: self.state.clone(),
@@ -316,7 +337,7 @@ impl SharedState {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "another gateway is deciding for {institution}; try again"
+                    "gateway busy: another gateway is deciding for {institution}; try again"
                 ));
             }
             tokio::time::sleep(backoff(attempt)).await;

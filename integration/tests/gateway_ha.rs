@@ -475,14 +475,9 @@ async fn shared_counters_locks_and_meter_lease_hold_under_contention() {
     for id in ["one", "two", "three"] {
         // A connection per "gateway", as with separate processes.
         let client = async_nats::connect(server.url()).await.unwrap();
-        let state = SharedState::open(
-            &jetstream::new(client),
-            id.into(),
-            1,
-            Duration::from_secs(1),
-        )
-        .await
-        .expect("buckets open");
+        let state = SharedState::open(&client, id.into(), 1, Duration::from_secs(1))
+            .await
+            .expect("buckets open");
         let book = Arc::new(QuotaBook::new(Arc::new(SystemClock)));
         book.attach_shared(state.usage());
         states.push(state);

@@ -259,13 +259,15 @@ impl ServiceContext {
             locks.entry(institution.to_string()).or_default().clone()
         };
         let local = lock.lock_owned().await;
-        let shared =
-            match self.shared.get() {
-                Some(shared) => Some(shared.lock(institution).await.map_err(|e| {
-                    ErrorBody::new(ErrorCode::Internal, format!("gateway busy: {e}"))
-                })?),
-                None => None,
-            };
+        let shared = match self.shared.get() {
+            Some(shared) => Some(
+                shared
+                    .lock(institution)
+                    .await
+                    .map_err(|e| ErrorBody::new(ErrorCode::Internal, e))?,
+            ),
+            None => None,
+        };
         self.quotas.refresh(institution).await.map_err(internal)?;
         Ok(DecisionGuard {
             _shared: shared,
