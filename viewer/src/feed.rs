@@ -104,7 +104,7 @@ async fn watch_filter(
             partner
                 .request_dataset(&request)
                 .await
-                .map_err(|e| format!("the gateway refused {filter}: {e}"))?
+                .map_err(|e| format!("requesting {filter}: {e}"))?
         }
         Access::Operator { stream } => operator_consumer(partner, stream, filter).await?,
     };
