@@ -663,19 +663,48 @@ async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partn
     );
 }
 
+/// One round of the rolling-restart client: connect, request a dataset,
+/// release its consumer (each step answered by whichever gateway the server picks).
+async fn connect_request_and_release(url: String, key: Arc<nkeys::KeyPair>, i: usize) -> Outcome {
+    let partner = match connect_with_key(&url, "ucsd", &key).await {
+        Ok(p) => p,
+        Err(e) => return Outcome::Lost(format!("connect: {e}")),
+    };
+    let grant = match partner
+        .request_dataset(&dataset(&format!("roll-{i}")))
+        .await
+    {
+        Ok(grant) => grant,
+        Err(PartnerError::Refused(body)) => return Outcome::Refused(format!("{:?}", body.code)),
+        Err(e) => return Outcome::Lost(format!("request: {e}")),
+    };
+    let release = lclstream_nats::protocol::requests::ReleaseRequest {
+        consumer: Some(grant.consumer),
+        label: None,
+    };
+    match partner.release(&release).await {
+        Ok(_) => Outcome::Granted,
+        Err(e) => Outcome::Lost(format!("release: {e}")),
+    }
+}
+
 #[tokio::test]
-async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
+async fn rolling_restart_of_three_gateways_answers_every_connect_and_request() {
     let mut quotas = quick_quotas();
     quotas.requests_per_hour = 1000;
-    // Each granted request holds one consumer slot: the loop stays under the cap.
-    quotas.concurrent_consumers = 64;
+    // Each round releases the consumer it was granted, so the loop's rounds
+    // never run into the slot cap however long the restarts take.
+    quotas.concurrent_consumers = 8;
     let mut ucsd = policy("ucsd", &["lcls.mfx.mfxp1234.>"], quotas);
     let key = Arc::new(add_new_key(&mut ucsd));
     let mut d = deploy(&[ucsd]).await;
     assert_eq!(publish(&d.js, "mfxp1234", 3, 3, 1, 8).await, 3);
-    d.start_gateway("gw-a");
-    d.start_gateway("gw-b");
-    let first_leader = d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+    // Three gateways, as `auth.gateways = { facility = 3 }` lays out.
+    let all = ["gw-a", "gw-b", "gw-c"];
+    for id in all {
+        d.start_gateway(id);
+    }
+    let first_leader = d.wait_for_gateways(&all).await;
     // A client connected and granted before the restart pulls after it.
     let steady = connect_with_key(&d.server.url(), "ucsd", &key)
         .await
@@ -685,7 +714,7 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
         .expect("granted");
 
     // A bounded client loop: one connect + data request after another
-    // (at most 60, paced 100 ms apart, at most 45 s), until told to stop.
+    // (at most 90, paced 100 ms apart, at most 60 s), until told to stop.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let url = d.server.url();
     let loop_key = key.clone();
@@ -693,14 +722,13 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
     let loop_rounds = rounds.clone();
     let client_loop = tokio::spawn(async move {
         let mut outcomes = Vec::new();
-        let until = Instant::now() + Duration::from_secs(45);
-        for i in 0..60 {
+        let until = Instant::now() + Duration::from_secs(60);
+        for i in 0..90 {
             if *stop_rx.borrow() || Instant::now() > until {
                 break;
             }
             let began = Instant::now();
-            let outcome =
-                connect_and_request(url.clone(), loop_key.clone(), format!("roll-{i}")).await;
+            let outcome = connect_request_and_release(url.clone(), loop_key.clone(), i).await;
             outcomes.push((outcome, began.elapsed()));
             loop_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -721,25 +749,21 @@ async fn rolling_restart_with_sigterm_answers_every_connect_and_request() {
         }
     };
     rounds_pass(3).await;
-    // Restart one gateway at a time: the meter first, then the other; the
-    // loop keeps going while only one gateway runs and after each return.
-    let other = if first_leader == "gw-a" {
-        "gw-b"
-    } else {
-        "gw-a"
-    }
-    .to_string();
-    for id in [first_leader.clone(), other.clone()] {
-        d.terminate(&id).await;
-        let survivor = if id == "gw-a" { "gw-b" } else { "gw-a" };
-        let leader = d.wait_for_gateways(&[survivor]).await;
-        assert_eq!(
-            leader, survivor,
-            "the meter role moves to the gateway still running"
+    // Restart one gateway at a time: the meter first, then the others; the
+    // loop keeps going while two gateways run and after each return.
+    let mut order = vec![first_leader.as_str()];
+    order.extend(all.iter().copied().filter(|id| *id != first_leader));
+    for id in order {
+        d.terminate(id).await;
+        let survivors: Vec<&str> = all.iter().copied().filter(|s| *s != id).collect();
+        let leader = d.wait_for_gateways(&survivors).await;
+        assert!(
+            survivors.contains(&leader.as_str()),
+            "the meter role is held by a gateway still running ({leader})"
         );
         rounds_pass(5).await;
-        d.start_gateway(&id);
-        d.wait_for_gateways(&["gw-a", "gw-b"]).await;
+        d.start_gateway(id);
+        d.wait_for_gateways(&all).await;
         rounds_pass(3).await;
     }
     let _ = stop_tx.send(true);
