@@ -103,10 +103,16 @@ pub async fn run(args: LatencyBenchArgs) -> anyhow::Result<()> {
     let gateway = support::BenchGateway::start(&url, 8, &PullLimits::default()).await?;
     let client = support::partner(&url).await?;
     let work = tempfile::tempdir()?;
+    let described = DetectorModel {
+        height: args.height,
+        width: args.width,
+        ..Default::default()
+    }
+    .describe();
     println!(
-        "latency benchmark: synthetic {}x{} u16 frames, {} s per case (the first {} s not counted), \
-         agent batch.max_events {}, spool fsync {}, server {url}",
-        args.height, args.width, args.seconds, args.warmup, args.batch_events, args.fsync
+        "latency benchmark: synthetic detector ({described}), {} s per case (the first {} s not \
+         counted), agent batch.max_events {}, spool fsync {}, server {url}",
+        args.seconds, args.warmup, args.batch_events, args.fsync
     );
     let mut results = Vec::new();
     let mut run = 0u32;

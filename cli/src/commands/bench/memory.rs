@@ -195,12 +195,16 @@ pub async fn run(args: MemoryBenchArgs) -> anyhow::Result<()> {
     );
     let work = tempfile::tempdir()?;
     let mut rows = Vec::new();
+    let described = DetectorModel {
+        height: args.height,
+        width: args.width,
+        ..Default::default()
+    }
+    .describe();
     println!(
-        "memory benchmark: agent spool limit {} MiB, frames {}x{} u16, {} file events, \
-         broker stalled {} s, {} gateway requests from {} requesters",
+        "memory benchmark: agent spool limit {} MiB, frames from the synthetic detector \
+         ({described}), {} file events, broker stalled {} s, {} gateway requests from {} requesters",
         args.spool_mib,
-        args.height,
-        args.width,
         args.events,
         args.stall_seconds,
         args.requests,

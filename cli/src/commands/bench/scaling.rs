@@ -69,11 +69,15 @@ pub async fn run(args: ScalingBenchArgs) -> anyhow::Result<()> {
     let client = support::partner(&url).await?;
     let work = tempfile::tempdir()?;
     let frame = args.height * args.width * 2;
+    let described = DetectorModel {
+        height: args.height,
+        width: args.width,
+        ..Default::default()
+    }
+    .describe();
     println!(
-        "scaling benchmark: synthetic {}x{} u16 frames ({} KiB), agent reads {} s per case, \
-         spool fsync {}, server {url}",
-        args.height,
-        args.width,
+        "scaling benchmark: synthetic detector ({described}; {} KiB frames), agent reads {} s per \
+         case, spool fsync {}, server {url}",
         frame / 1024,
         args.seconds,
         args.fsync
