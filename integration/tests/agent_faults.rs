@@ -3,7 +3,7 @@
 
 mod agent_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -106,36 +106,23 @@ events = 750
         data.display()
     );
     std::fs::write(&config_path, text).unwrap();
-    let spawn = |log: &str| {
-        let log = std::fs::File::create(work.path().join(log)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-            .args(["agent", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent starts")
-    };
+    let spawn = |log: &str| spawn_agent(&config_path, &work.path().join(log));
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    let stored = || async {
-        match js.get_stream("LCLS_MFX").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
-    };
+    let stored = || stored_messages(&js, "LCLS_MFX");
 
     let mut first = spawn("agent-1.log");
-    let mut started = false;
-    for _ in 0..300 {
-        if stored().await >= 20 {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(started, "the agent published");
+    assert!(
+        wait_stored(
+            &js,
+            "LCLS_MFX",
+            20,
+            Duration::from_millis(50),
+            Duration::from_secs(15)
+        )
+        .await,
+        "the agent published"
+    );
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
     let at_kill = stored().await;
@@ -194,26 +181,15 @@ rate_hz = 400.0
     let mut previous_events = 0;
     for round in 0..2 {
         let log_path = work.path().join(format!("agent-{round}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-            .args(["agent", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("agent starts");
-        let mut published = false;
-        for _ in 0..300 {
-            let stored = match js.get_stream("LCLS_MFX").await {
-                Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-                Err(_) => 0,
-            };
-            if stored >= previous + 5 {
-                published = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut child = spawn_agent(&config_path, &log_path);
+        let published = wait_stored(
+            &js,
+            "LCLS_MFX",
+            previous + 5,
+            Duration::from_millis(50),
+            Duration::from_secs(15),
+        )
+        .await;
         assert!(published, "round {round} published");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

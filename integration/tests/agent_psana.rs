@@ -248,40 +248,23 @@ async fn agent_and_helper_killed_mid_run_lose_and_duplicate_nothing() {
         format!("{head}{}", source_table(&python, &file, "")),
     )
     .unwrap();
-    let spawn = |log: &str| {
-        Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-            .args(["agent", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join(log)).unwrap())
-            .spawn()
-            .expect("agent starts")
-    };
+    let spawn = |log: &str| spawn_agent(&config_path, &work.path().join(log));
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    let stored = || async {
-        match js.get_stream("LCLS_MFX").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
-    };
-    let wait_stored = |at_least: u64| {
-        let stored = &stored;
-        async move {
-            for _ in 0..600 {
-                if stored().await >= at_least {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            false
-        }
+    let stored = || stored_messages(&js, "LCLS_MFX");
+    let stored_at_least = |at_least: u64| {
+        wait_stored(
+            &js,
+            "LCLS_MFX",
+            at_least,
+            Duration::from_millis(20),
+            Duration::from_secs(12),
+        )
     };
 
     // 1. kill -9 of the helper: the agent restarts it at the next event.
     let mut agent = spawn("agent-1.log");
-    assert!(wait_stored(20).await, "the agent published");
+    assert!(stored_at_least(20).await, "the agent published");
     let helper_needle = file.display().to_string();
     let helpers: Vec<u32> = pids_with(&helper_needle)
         .into_iter()
@@ -311,7 +294,7 @@ async fn agent_and_helper_killed_mid_run_lose_and_duplicate_nothing() {
 
     // 2. kill -9 of the agent itself, a little later.
     assert!(
-        wait_stored(after_restart + 20).await,
+        stored_at_least(after_restart + 20).await,
         "the agent went on after its helper was restarted"
     );
     agent.kill().expect("SIGKILL");

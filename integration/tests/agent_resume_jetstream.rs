@@ -6,7 +6,6 @@
 
 mod agent_support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use agent_support::*;
@@ -60,37 +59,24 @@ read_chunk_events = 4
         data.display()
     );
     std::fs::write(&config_path, text).unwrap();
-    let spawn = |log: &str| {
-        let log = std::fs::File::create(work.path().join(log)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
-            .args(["agent", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent starts")
-    };
+    let spawn = |log: &str| spawn_agent(&config_path, &work.path().join(log));
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    let stored = || async {
-        match js.get_stream("LCLS_MFX").await {
-            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
-    };
+    let stored = || stored_messages(&js, "LCLS_MFX");
 
     let mut first = spawn("agent-1.log");
-    let mut started = false;
-    for _ in 0..6000 {
-        if stored().await >= 40 {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(started, "the agent published");
+    // Polled often: the kill should land early in the run.
+    assert!(
+        wait_stored(
+            &js,
+            "LCLS_MFX",
+            40,
+            Duration::from_millis(5),
+            Duration::from_secs(30)
+        )
+        .await,
+        "the agent published"
+    );
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
     let at_kill = stored().await;

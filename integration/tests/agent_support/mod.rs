@@ -165,3 +165,45 @@ pub async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> boo
     }
     check()
 }
+
+/// The agent binary of this package as a process (`agent --config CONFIG`),
+/// its log (at info, whatever the caller's `RUST_LOG`) in `log`.
+pub fn spawn_agent(config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lclstream-e2e"))
+        .args(["agent", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("agent log file"))
+        .spawn()
+        .expect("agent starts")
+}
+
+/// Messages stored in stream `name` (0 while it does not exist).
+pub async fn stored_messages(js: &jetstream::Context, name: &str) -> u64 {
+    match js.get_stream(name).await {
+        Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Polls every `every`, up to `limit`, until stream `name` holds at least `n` messages.
+pub async fn wait_stored(
+    js: &jetstream::Context,
+    name: &str,
+    n: u64,
+    every: Duration,
+    limit: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if stored_messages(js, name).await >= n {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
