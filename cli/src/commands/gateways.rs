@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 /// Arguments of `lclstream gateways`.
 #[derive(clap::Args)]
 pub struct GatewaysArgs {
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated.
     #[arg(
         long,
         env = "LCLSTREAM_NATS_URL",

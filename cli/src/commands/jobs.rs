@@ -11,37 +11,9 @@ use lclstream_gateway::jobs::protocol::{
 };
 use lclstream_partner::hdf5_sink::Hdf5Sink;
 use lclstream_partner::jsonl::JsonlSink;
-use lclstream_partner::{EventSink, PartnerClient, PartnerConfig, PullOptions};
+use lclstream_partner::{EventSink, PartnerClient, PullOptions};
 
-/// How to reach the gateway as an institution.
-#[derive(clap::Args, Clone)]
-pub struct Connection {
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "LCLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    url: String,
-    /// File holding the institution's nkey seed (omit on servers without authentication).
-    #[arg(long)]
-    seed: Option<PathBuf>,
-    /// Institution id.
-    #[arg(long, env = "LCLSTREAM_INSTITUTION")]
-    institution: String,
-}
-
-impl Connection {
-    async fn connect(&self) -> anyhow::Result<PartnerClient> {
-        let seed = super::read_seed(self.seed.as_deref())?;
-        Ok(PartnerClient::connect(&PartnerConfig {
-            url: self.url.clone(),
-            institution: self.institution.clone(),
-            seed,
-        })
-        .await?)
-    }
-}
+use super::PartnerConnection as Connection;
 
 /// The `jobs` subcommands.
 #[derive(clap::Subcommand)]

@@ -6,28 +6,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lclstream_partner::hdf5_sink::{Hdf5Compression, Hdf5Sink};
 use lclstream_partner::jsonl::JsonlSink;
-use lclstream_partner::{
-    DatasetRequest, End, EventSink, PartnerClient, PartnerConfig, PullOptions, Start,
-};
+use lclstream_partner::{DatasetRequest, End, EventSink, PartnerClient, PullOptions, Start};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// Arguments of `lclstream pull`.
 #[derive(clap::Args)]
 pub struct PullArgs {
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "LCLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    url: String,
-    /// File holding the institution's nkey seed (omit on servers without authentication).
-    #[arg(long)]
-    seed: Option<PathBuf>,
-    /// Institution id.
-    #[arg(long)]
-    institution: String,
+    #[command(flatten)]
+    connection: super::PartnerConnection,
     /// Subject filter (repeat for several), e.g. lcls.mfx.mfxp1234.>.
     #[arg(long = "subject", required = true)]
     subjects: Vec<String>,
@@ -100,7 +87,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
     if !args.idle_timeout.is_finite() || args.idle_timeout <= 0.0 || args.idle_timeout > 1e6 {
         anyhow::bail!("--idle-timeout must be between 0 and 1e6 seconds");
     }
-    let seed = super::read_seed(args.seed.as_deref())?;
+    let config = args.connection.config()?;
     let request = DatasetRequest {
         filters: args.subjects.clone(),
         start: parse_start(&args.start)?,
@@ -112,12 +99,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
         (None, Some("-")) | (None, None) => Box::new(JsonlSink::stdout()),
         (None, Some(path)) => Box::new(JsonlSink::open(path.as_ref())?),
     };
-    let client = PartnerClient::connect(&PartnerConfig {
-        url: args.url.clone(),
-        institution: args.institution.clone(),
-        seed,
-    })
-    .await?;
+    let client = PartnerClient::connect(&config).await?;
     let grant = client.request_dataset(&request).await?;
     tracing::info!(
         "{} consumer {} on {} ({} pending)",

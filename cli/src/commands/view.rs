@@ -11,7 +11,7 @@ use lclstream_viewer::Viewer;
 /// Arguments of `lclstream view`.
 #[derive(clap::Args)]
 pub struct ViewArgs {
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated.
     #[arg(
         long,
         env = "LCLSTREAM_NATS_URL",
