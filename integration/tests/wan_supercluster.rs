@@ -19,11 +19,12 @@
 //! pull with the same label whenever it stops, ends with every event exactly
 //! once.
 //!
-//! A second test puts a gateway at each site (sharing quota state in the
-//! facility's key-value buckets): cut off, the partner site still admits its
-//! institutions through its own gateway, a dataset request that needs the
-//! shared state is refused with a clear `internal` error instead of
-//! waiting, and after the heal the same request succeeds.
+//! A second test lays out a gateway at each site (`auth.gateways`) and runs
+//! the files `lclstream nats render --gateway-keys` writes for them (sharing
+//! quota state in the facility's key-value buckets): cut off, the partner
+//! site still admits its institutions through its own gateway, a dataset
+//! request that needs the shared state is refused with a clear `internal`
+//! error instead of waiting, and after the heal the same request succeeds.
 //!
 //! Needs root, iproute2 and iptables; otherwise skipped with a message.
 
@@ -75,8 +76,10 @@ struct Wan {
 }
 
 impl Wan {
-    /// Starts the deployment, or `None` when `test` is skipped.
-    async fn start(test: &str) -> Option<Wan> {
+    /// Starts the deployment, or `None` when `test` is skipped; `gateways`
+    /// lays out lclstream gateways per site (`auth.gateways`) for
+    /// `lclstream nats render` to write.
+    async fn start(test: &str, gateways: &[(&str, u32)]) -> Option<Wan> {
         let mut lab = lab_or_skip(test)?;
         let started = Instant::now();
         let work = tempfile::tempdir().unwrap();
@@ -103,6 +106,9 @@ impl Wan {
                 // As `lclstream nats render --gateway-keys` does for the sites
                 // the topology lists.
                 topology.auth.callout_sites = vec![FACILITY.into(), PARTNER.into()];
+                for (site, count) in gateways {
+                    topology.auth.gateways.insert(site.to_string(), *count);
+                }
                 for site in topology.auth.callout_sites.clone() {
                     topology.add_blocks(Some(&site), callout_server_blocks(&settings));
                 }
@@ -243,8 +249,11 @@ async fn connect_partner(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
-    let Some(wan) =
-        Wan::start("callout_topology_gives_every_event_exactly_once_across_a_partition").await
+    let Some(wan) = Wan::start(
+        "callout_topology_gives_every_event_exactly_once_across_a_partition",
+        &[],
+    )
+    .await
     else {
         return;
     };
@@ -376,30 +385,64 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partner_site_gateway_admits_its_institutions_while_cut_off() {
-    let Some(wan) = Wan::start("partner_site_gateway_admits_its_institutions_while_cut_off").await
+    // One gateway per site, as the topology lays them out; the gateways
+    // share counters, locks and the meter through the facility's buckets.
+    let Some(wan) = Wan::start(
+        "partner_site_gateway_admits_its_institutions_while_cut_off",
+        &[(FACILITY, 1), (PARTNER, 1)],
+    )
+    .await
     else {
         return;
     };
-    // One gateway per site (`auth.gateways = { facility = 1, partner = 1 }`),
-    // sharing counters, locks and the meter through the facility's buckets.
+    // The gateway files `lclstream nats render --gateway-keys` writes for the
+    // running topology, run as `lclstream gateway` processes.
+    let binary = env!("CARGO_BIN_EXE_lclstream-e2e");
+    let rendered = wan.work.path().join("rendered");
+    let render = std::process::Command::new(binary)
+        .args(["nats", "render"])
+        .arg(wan.deployment.dir.path().join("topology.resolved.toml"))
+        .arg("--out")
+        .arg(&rendered)
+        .arg("--gateway-keys")
+        .arg(&wan.keys_dir)
+        .arg("--policies")
+        .arg(&wan.policies)
+        .output()
+        .expect("lclstream nats render runs");
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    let files = rendered.join("gateways");
     let mut gateways = Vec::new();
-    for (id, url) in [
-        ("facility-gw1", wan.facility_url.clone()),
-        ("partner-gw1", wan.partner_url.clone()),
-    ] {
-        let mut config = wan.gateway_config(&url);
-        config.quota.shared = true;
-        config.quota.replicas = 3;
-        config.quota.gateway_id = Some(id.into());
-        config.audit.file = Some(wan.work.path().join(format!("audit-{id}.jsonl")));
-        gateways.push(
-            step(id, Gateway::start(config))
-                .await
-                .unwrap_or_else(|e| panic!("{id} starts: {e:#}")),
+    for id in ["facility-gw1", "partner-gw1"] {
+        let config = files.join(format!("{id}.toml"));
+        let text = std::fs::read_to_string(&config).expect("a gateway file per laid-out gateway");
+        let site_url = if id.starts_with("facility") {
+            &wan.facility_url
+        } else {
+            &wan.partner_url
+        };
+        assert!(
+            text.contains(&format!("url = \"{site_url}\"")),
+            "{id} connects to its own site's servers: {text}"
         );
+        gateways.push(Guarded(
+            std::process::Command::new(binary)
+                .args(["gateway", "--config"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(wan.work.path().join(format!("{id}.log"))).unwrap())
+                .spawn()
+                .expect("lclstream gateway starts"),
+        ));
     }
+    wait_for_gateways(&wan, &["facility-gw1", "partner-gw1"]).await;
     let audit = |id: &str| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(wan.work.path().join(format!("audit-{id}.jsonl")))
+        std::fs::read_to_string(files.join(format!("log/audit-{id}.jsonl")))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -482,14 +525,43 @@ async fn partner_site_gateway_admits_its_institutions_while_cut_off() {
         "the label keeps its consumer"
     );
     assert!(after.resumed, "the grant resumes the labelled consumer");
-    for gateway in gateways {
-        gateway.shutdown().await;
-    }
+    drop(gateways);
     eprintln!(
         "per-site gateways across the WAN: admitted while cut off, request refused, \
          granted after the heal; total {:.1} s",
         wan.started.elapsed().as_secs_f64()
     );
+}
+
+/// Waits until every gateway of `ids` beats in the shared bucket (bounded).
+async fn wait_for_gateways(wan: &Wan, ids: &[&str]) {
+    let client = wan
+        .deployment
+        .running
+        .connect(FACILITY)
+        .await
+        .expect("an administrator connects at the facility");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = lclstream_gateway::shared_state::gateways(&js).await;
+        if let Ok((beats, _)) = &live {
+            if ids.iter().all(|id| beats.iter().any(|b| b.id == *id)) {
+                return;
+            }
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    std::fs::read_to_string(wan.work.path().join(format!("{id}.log")))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!("gateways {ids:?} not all live ({live:?}); logs: {logs:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Retries the request (new connections, bounded) until the gateway grants it.
