@@ -61,7 +61,14 @@ async fn institution_authorized_by_the_callout_requests_and_pulls() {
 
     // A key the policies do not know is refused at connect time.
     let stranger = connect_with_key(&server.url(), "ucsd", &nkeys::KeyPair::new_user()).await;
-    assert!(stranger.is_err(), "an unknown key must not connect");
+    let refused = stranger
+        .err()
+        .expect("an unknown key must not connect")
+        .to_string();
+    assert!(
+        refused.contains("authorization violation") && refused.contains("check the seed file"),
+        "the refusal says what to check: {refused}"
+    );
 
     gateway.shutdown().await;
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();

@@ -72,7 +72,18 @@ impl PartnerClient {
                 .custom_inbox_prefix(inbox_prefix(&config.institution))
                 .connect(lclstream_nats::server_urls::server_urls(&config.url))
                 .await
-                .map_err(|e| PartnerError::Nats(format!("connecting to {}: {e}", config.url)))?;
+                .map_err(|e| {
+                    let hint = match e.kind() {
+                        async_nats::ConnectErrorKind::AuthorizationViolation => {
+                            " (the server refused these credentials: check the seed file \
+                             and the institution id; a revoked or expired key, or an auth \
+                             callout that did not answer in time, look the same to the \
+                             client, so try again before changing anything)"
+                        }
+                        _ => "",
+                    };
+                    PartnerError::Nats(format!("connecting to {}: {e}{hint}", config.url))
+                })?;
         Ok(Self::from_client(client, &config.institution))
     }
 

@@ -129,7 +129,9 @@ class Client:
                 raise AuthenticationError(
                     f"the server at {url} refused institution {institution!r} with "
                     f"{'seed file ' + str(seed_file) if seed_file else 'this seed'}: check the "
-                    f"seed file and the institution id ({e})") from None
+                    f"seed file and the institution id; a revoked or expired key, or an auth "
+                    f"callout that did not answer in time, look the same, so try again "
+                    f"before changing anything ({e})") from None
             raise
         if seed is not None and check:
             # Behind the auth callout the server knows who the key is; a key
