@@ -82,6 +82,27 @@ impl NativeClient {
         }
     }
 
+    /// Follows the status messages of a publish job on `subject` (the job
+    /// view's `watch`), keeping only those signed by the gateway's notices
+    /// key when one is given.
+    #[pyo3(signature = (subject, notices_key=None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        subject: String,
+        notices_key: Option<String>,
+    ) -> PyResult<NativeStatusWatch> {
+        let client = self.client.client().clone();
+        let subscriber = py
+            .detach(|| self.runtime.block_on(client.subscribe(subject.clone())))
+            .map_err(|e| PyConnectionError::new_err(format!("subscribing to {subject}: {e}")))?;
+        Ok(NativeStatusWatch {
+            runtime: self.runtime.clone(),
+            subscriber: std::sync::Mutex::new(subscriber),
+            notices_key,
+        })
+    }
+
     /// A puller of a granted dataset (the grant as the gateway's JSON reply).
     #[pyo3(signature = (grant_json, batch_messages=64, threads=2))]
     fn puller(
@@ -126,6 +147,59 @@ impl NativeClient {
             held: HashMap::new(),
             unacked: std::collections::VecDeque::new(),
             ended: false,
+        })
+    }
+}
+
+/// Status messages of one job, as they are pushed.
+#[pyclass(module = "lclstream._native")]
+struct NativeStatusWatch {
+    runtime: Arc<tokio::runtime::Runtime>,
+    subscriber: std::sync::Mutex<async_nats::Subscriber>,
+    notices_key: Option<String>,
+}
+
+#[pymethods]
+impl NativeStatusWatch {
+    /// The next status (JSON text) the gateway signed, waiting at most
+    /// `timeout` seconds; `None` when none came. Messages not signed by the
+    /// gateway are skipped: anyone allowed to publish on the subject could
+    /// send them.
+    fn next(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<String>> {
+        if !timeout.is_finite() || timeout < 0.0 {
+            return Err(PyValueError::new_err(
+                "timeout must be a finite number of seconds >= 0",
+            ));
+        }
+        let wait = Duration::from_secs_f64(timeout.min(86_400.0));
+        py.detach(|| {
+            let mut subscriber = self
+                .subscriber
+                .lock()
+                .map_err(|_| runtime_error("the status subscription was poisoned"))?;
+            self.runtime.block_on(async {
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    let message = match tokio::time::timeout_at(deadline, subscriber.next()).await {
+                        Err(_) => return Ok(None),
+                        Ok(None) => {
+                            return Err(PyConnectionError::new_err(
+                                "the status subscription ended (connection closed)",
+                            ))
+                        }
+                        Ok(Some(message)) => message,
+                    };
+                    match lclstream_partner::verify_from_gateway(
+                        self.notices_key.as_deref(),
+                        &message,
+                    ) {
+                        Ok(()) => {
+                            return Ok(Some(String::from_utf8_lossy(&message.payload).into_owned()))
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            })
         })
     }
 }
@@ -438,5 +512,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_class::<NativeClient>()?;
     m.add_class::<NativePuller>()?;
+    m.add_class::<NativeStatusWatch>()?;
     Ok(())
 }

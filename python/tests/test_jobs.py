@@ -55,3 +55,31 @@ def test_job_refusals_keep_their_codes(deployment) -> None:
     with pytest.raises(lclstream.GatewayError) as refused:
         client.submit_job("mfx", "mfxp1234", 5, events=(10, 2))
     assert refused.value.code == "bad_request"
+
+
+
+def test_watch_job_follows_pushed_status(deployment) -> None:
+    """Status is pushed by the gateway (and kept only when signed with its
+    notices key, which `isolation_attacks.rs` checks against forgeries): with
+    re-reads of the record only every 30 s, progress and the cancellation
+    still arrive within seconds."""
+    import threading
+
+    client = lclstream.Client(deployment.url, institution="ucsd")
+    job = client.submit_job("mfx", "mfxp1234", 6, batch_events=2)["record"]["job"]
+    seen: list = []
+    result: dict = {}
+    watcher = threading.Thread(target=lambda: result.update(
+        record=client.watch_job(job, timeout=60, poll=30.0, on_update=seen.append)))
+    watcher.start()
+    deadline = time.monotonic() + 30
+    while not any(r["state"] == "running" and r["events"] > 0 for r in seen):
+        assert time.monotonic() < deadline, f"no progress pushed: {seen}"
+        assert watcher.is_alive(), result
+        time.sleep(0.1)
+    lclstream.Client(deployment.url, institution="ucsd").cancel_job(job)
+    watcher.join(10)
+    assert not watcher.is_alive(), "the cancellation was not pushed"
+    assert result["record"]["state"] == "cancelled", result
+    progress = [r["events"] for r in seen if r["state"] == "running"]
+    assert progress == sorted(progress), progress

@@ -228,25 +228,36 @@ class Client:
         """Cancels a job and releases its consumer; returns its view."""
         return self.call("jobs.cancel", {"job": job})
 
-    def watch_job(self, job: str, *, timeout: float = 3600.0, poll: float = 0.5,
+    def watch_job(self, job: str, *, timeout: float = 3600.0, poll: float = 2.0,
                   on_update: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-        """Polls the job's record until it is done, failed or cancelled and
+        """Follows the job's status until it is done, failed or cancelled and
         returns that record (``on_update`` sees every record that changed).
-        Raises :class:`JobTimeout` after ``timeout`` seconds."""
+
+        Status is pushed by the gateway and kept only when signed with its
+        notices key; the record is also re-read every ``poll`` seconds
+        without news, which covers a missed message. Raises
+        :class:`JobTimeout` after ``timeout`` seconds."""
         import time
 
         deadline = time.monotonic() + timeout
-        last: Optional[Dict[str, Any]] = None
-        while True:
-            record: Dict[str, Any] = self.job(job)["record"]
-            if record != last and on_update is not None:
-                on_update(record)
-            last = record
-            if record["state"] in JOB_TERMINAL_STATES:
-                return record
-            if time.monotonic() >= deadline:
+        view = self.job(job)
+        watch = self._native.watch(view["watch"], view.get("notices_key"))
+        record: Dict[str, Any] = view["record"]
+        if on_update is not None:
+            on_update(record)
+        while record["state"] not in JOB_TERMINAL_STATES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise JobTimeout(job, record, timeout)
-            time.sleep(poll)
+            pushed = watch.next(max(0.0, min(poll, remaining)))
+            latest: Dict[str, Any] = (json.loads(pushed) if pushed is not None
+                                      else self.job(job)["record"])
+            if latest.get("job") != job:
+                continue
+            if latest != record and on_update is not None:
+                on_update(latest)
+            record = latest
+        return record
 
     def job_stream(self, job: str, **kwargs: Any) -> "Stream":
         """A puller of the job's data (also while it runs)."""
