@@ -259,14 +259,31 @@ enum Outcome {
 }
 
 async fn connect_and_request(url: String, key: Arc<nkeys::KeyPair>, label: String) -> Outcome {
-    let partner = match connect_with_key(&url, "ucsd", &key).await {
-        Ok(p) => p,
-        Err(e) => return Outcome::Lost(format!("connect: {e}")),
-    };
-    match partner.request_dataset(&dataset(&label)).await {
+    match granted(&url, &key, &label).await {
         Ok(_) => Outcome::Granted,
-        Err(PartnerError::Refused(body)) => Outcome::Refused(format!("{:?}", body.code)),
-        Err(e) => Outcome::Lost(format!("request: {e}")),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Connects and requests dataset `label`: the client and its grant, or what went wrong.
+async fn granted(
+    url: &str,
+    key: &nkeys::KeyPair,
+    label: &str,
+) -> Result<
+    (
+        lclstream_partner::PartnerClient,
+        lclstream_partner::DatasetGrant,
+    ),
+    Outcome,
+> {
+    let partner = connect_with_key(url, "ucsd", key)
+        .await
+        .map_err(|e| Outcome::Lost(format!("connect: {e}")))?;
+    match partner.request_dataset(&dataset(label)).await {
+        Ok(grant) => Ok((partner, grant)),
+        Err(PartnerError::Refused(body)) => Err(Outcome::Refused(format!("{:?}", body.code))),
+        Err(e) => Err(Outcome::Lost(format!("request: {e}"))),
     }
 }
 
@@ -666,17 +683,9 @@ async fn gateway_status_shows_every_gateway_to_the_facility_and_nothing_to_partn
 /// One round of the rolling-restart client: connect, request a dataset,
 /// release its consumer (each step answered by whichever gateway the server picks).
 async fn connect_request_and_release(url: String, key: Arc<nkeys::KeyPair>, i: usize) -> Outcome {
-    let partner = match connect_with_key(&url, "ucsd", &key).await {
-        Ok(p) => p,
-        Err(e) => return Outcome::Lost(format!("connect: {e}")),
-    };
-    let grant = match partner
-        .request_dataset(&dataset(&format!("roll-{i}")))
-        .await
-    {
-        Ok(grant) => grant,
-        Err(PartnerError::Refused(body)) => return Outcome::Refused(format!("{:?}", body.code)),
-        Err(e) => return Outcome::Lost(format!("request: {e}")),
+    let (partner, grant) = match granted(&url, &key, &format!("roll-{i}")).await {
+        Ok(granted) => granted,
+        Err(outcome) => return outcome,
     };
     let release = lclstream_nats::protocol::requests::ReleaseRequest {
         consumer: Some(grant.consumer),

@@ -23,7 +23,6 @@ mod wan_support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lclstream_gateway::auth::{callout_server_blocks, CalloutServerSettings};
@@ -97,48 +96,14 @@ async fn partner_gets_every_event_exactly_once_across_a_partition() {
     // The agent, as a process in the facility namespace.
     let admin_seed = dir.path().join("admin.nk");
     std::fs::write(&admin_seed, admin.seed().unwrap()).unwrap();
-    let agent_config = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            r#"
-instrument = "mfx"
-experiment = "mfxp1234"
-[nats]
-url = "{url}"
-nkey_seed_file = "{seed}"
-[spool]
-dir = "{spool}"
-[batch]
-max_events = 16
-max_linger_ms = 50
-[[sources]]
-name = "jungfrau"
-run = 12
-[sources.synthetic]
-height = 32
-width = 32
-rate_hz = 80.0
-events = {EVENTS}
-"#,
-            url = server.url(),
-            seed = admin_seed.display(),
-            spool = dir.path().join("spool").display(),
-        ),
-    )
-    .unwrap();
-    let binary = env!("CARGO_BIN_EXE_lclstream-e2e");
-    let mut agent = Guarded(
-        facility
-            .command(binary)
-            .args(["agent", "--config"])
-            .arg(&agent_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap())
-            .spawn()
-            .expect("agent starts"),
-    );
+    let agent_run = WanAgent {
+        url: &server.url(),
+        seed_file: &admin_seed,
+        dir: dir.path(),
+        events: EVENTS,
+        stream_exists: false,
+    };
+    let mut agent = agent_run.spawn(&facility);
 
     // The WAN: the partner reaches the facility's client port only through the relay.
     let target = SocketAddr::new(facility.addr.into(), server.port());
@@ -155,7 +120,7 @@ events = {EVENTS}
     std::fs::write(&seed_file, partner_key.seed().unwrap()).unwrap();
     let out = dir.path().join("events.jsonl");
     let puller = PullLoop::spawn(
-        binary,
+        env!("CARGO_BIN_EXE_lclstream-e2e"),
         PullSpec {
             site: partner_site.clone(),
             url: relay.url("nats"),
@@ -177,12 +142,7 @@ events = {EVENTS}
     );
     partition_and_heal(&partner_site, &out).await;
 
-    let agent_status = tokio::task::block_in_place(|| agent.wait_timeout(Duration::from_secs(60)));
-    assert!(
-        agent_status.is_some_and(|s| s.success()),
-        "the agent finishes its run ({agent_status:?}): {}",
-        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
-    );
+    agent_run.wait(&mut agent);
     wait_until(Duration::from_secs(70), || {
         written_indices(&out).len() as u64 >= EVENTS
     })

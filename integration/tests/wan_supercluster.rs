@@ -164,62 +164,14 @@ impl Wan {
 
     /// The agent, as a process in the facility namespace, writing `EVENTS`
     /// synthetic events at 80 Hz into the existing R3 facility stream.
-    fn spawn_agent(&self) -> Guarded {
-        let agent_config = self.work.path().join("agent.toml");
-        std::fs::write(
-            &agent_config,
-            format!(
-                r#"
-instrument = "{INSTRUMENT}"
-experiment = "mfxp1234"
-[nats]
-url = "{url}"
-nkey_seed_file = "{seed}"
-[stream]
-create = false
-duplicate_window_secs = 600
-[spool]
-dir = "{spool}"
-[batch]
-max_events = 16
-max_linger_ms = 50
-[[sources]]
-name = "jungfrau"
-run = 12
-[sources.synthetic]
-height = 32
-width = 32
-rate_hz = 80.0
-events = {EVENTS}
-"#,
-                url = self.facility_url,
-                seed = self.admin_file.display(),
-                spool = self.work.path().join("spool").display(),
-            ),
-        )
-        .unwrap();
-        Guarded(
-            self.deployment
-                .facility
-                .command(env!("CARGO_BIN_EXE_lclstream-e2e"))
-                .args(["agent", "--config"])
-                .arg(&agent_config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(self.work.path().join("agent.log")).unwrap())
-                .spawn()
-                .expect("agent starts"),
-        )
-    }
-
-    /// Waits for the agent to finish its run successfully.
-    fn wait_agent(&self, agent: &mut Guarded) {
-        let status = tokio::task::block_in_place(|| agent.wait_timeout(Duration::from_secs(60)));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "the agent finishes its run ({status:?}): {}",
-            std::fs::read_to_string(self.work.path().join("agent.log")).unwrap_or_default()
-        );
+    fn agent(&self) -> WanAgent<'_> {
+        WanAgent {
+            url: &self.facility_url,
+            seed_file: &self.admin_file,
+            dir: self.work.path(),
+            events: EVENTS,
+            stream_exists: true,
+        }
     }
 
     /// A partner client at the partner's site, through the callout, bounded.
@@ -275,7 +227,7 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
         "an unknown key is refused at the partner site"
     );
 
-    let mut agent = wan.spawn_agent();
+    let mut agent = wan.agent().spawn(&wan.deployment.facility);
     // The partner pulls from its own site's server; the gateway it asks for
     // the dataset, and the callout that admits it, are across the WAN.
     let seed_file = wan.work.path().join("ucsd.nk");
@@ -339,7 +291,7 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
         "a new connection at the partner site needs the callout at the facility"
     );
 
-    wan.wait_agent(&mut agent);
+    wan.agent().wait(&mut agent);
     let complete = wait_until(Duration::from_secs(70), || {
         written_indices(&out).len() as u64 >= EVENTS
     })

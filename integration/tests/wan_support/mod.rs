@@ -20,6 +20,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
 pub mod leaf;
 pub mod netns;
 pub mod pull_loop;
@@ -29,6 +30,7 @@ pub mod supercluster;
 use std::process::Child;
 use std::time::Duration;
 
+pub use agent::WanAgent;
 pub use netns::{Lab, LinkShape, Site};
 pub use pull_loop::{assert_exactly_once, wait_until, written_indices, PullLoop, PullSpec};
 pub use relay::{Delay, DelayRelay};
