@@ -43,7 +43,10 @@ use lclstream_gateway::policy::Quotas;
 use lclstream_nats::protocol::requests::ErrorCode;
 use lclstream_nats::topology::run::ConnectFn;
 use lclstream_nats::topology::{facility_stream_name, partner_stream_name};
-use lclstream_partner::{DatasetRequest, PartnerClient, PartnerConfig, PartnerError, Start};
+use lclstream_partner::{
+    BatchInfo, CallbackSink, DatasetRequest, PartnerClient, PartnerConfig, PartnerError,
+    PullOptions, Start,
+};
 use partner_support::*;
 use wan_support::supercluster::{
     start_supercluster_over_wan, SuperclusterOverWan, FACILITY, PARTNER,
@@ -254,6 +257,23 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
         "the partner receives events through the mirror across the WAN"
     );
 
+    // A second reader of the institution, connected and granted before the cut.
+    let early = wan
+        .partner(Duration::from_secs(20))
+        .await
+        .expect("connects before the cut");
+    let early_grant = step(
+        "request before the cut",
+        early.request_dataset(&DatasetRequest {
+            filters: vec![SUBJECTS.into()],
+            start: Start::All,
+            end: None,
+            label: Some("already-connected".into()),
+        }),
+    )
+    .await
+    .expect("granted before the cut");
+
     // The partition.
     wan.deployment.partition();
     let cut_at = Instant::now();
@@ -261,6 +281,23 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mirror_before = wan.stored(PARTNER, &wan.mirror).await;
     let origin_before = wan.stored(FACILITY, &wan.origin).await;
+    // Already authorized, it keeps reading its consumer on the site's mirror.
+    let mut early_events = 0u64;
+    let early_pull = {
+        let mut sink = CallbackSink::new(|_: &BatchInfo, _| {
+            early_events += 1;
+            Ok(())
+        });
+        let options = PullOptions {
+            idle_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            early.pull(&early_grant, &options, &mut sink),
+        )
+        .await
+    };
     let while_cut = wan.partner(Duration::from_secs(8)).await;
     tokio::time::sleep(
         (cut_at + Duration::from_secs(12)).saturating_duration_since(Instant::now()),
@@ -289,6 +326,11 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
     assert!(
         while_cut.is_err(),
         "a new connection at the partner site needs the callout at the facility"
+    );
+    assert!(
+        matches!(early_pull, Ok(Ok(_))) && early_events > 0,
+        "a connection authorized before the cut keeps pulling the site's mirror \
+         ({early_events} events: {early_pull:?})"
     );
 
     wan.agent().wait(&mut agent);
@@ -323,7 +365,9 @@ async fn callout_topology_gives_every_event_exactly_once_across_a_partition() {
     let (to_listeners, back) = wan.deployment.forwarded();
     eprintln!(
         "WAN topology: servers ready in {:.1} s; {EVENTS} events exactly once after {runs} \
-         pull runs ({} ended in an error), complete {caught_up:.1} s after the heal; \
+         pull runs ({} ended in an error; a reader connected before the cut pulled \
+         {early_events} events from the mirror while cut off), complete {caught_up:.1} s \
+         after the heal; \
          {to_listeners} + {back} bytes through the gateway relays; total {:.1} s",
         wan.ready_at,
         failures.len(),
