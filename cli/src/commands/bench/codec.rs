@@ -3,6 +3,9 @@
 //! frames with read noise and photon-count frames. Rows: MessagePack alone
 //! (no compression, the baseline of the same run), plain LZ4, byte shuffle +
 //! LZ4 and bitshuffle + LZ4; then the codec targets against those baselines.
+//! Two comparison rows compress the bitshuffled payload with zstd instead of
+//! LZ4 (levels 1 and 3): zstd is not part of the wire format, the rows show
+//! what it would buy and cost on the same batches.
 
 use std::time::{Duration, Instant};
 
@@ -104,7 +107,7 @@ fn print_table(figures: &[CodecFigures]) {
 
 /// The codec targets: bitshuffle + LZ4 against the same run's other rows.
 fn print_targets(figures: &[CodecFigures]) {
-    let [_, plain, shuffled, bits] = figures else {
+    let [_, plain, shuffled, bits, zstd_rows @ ..] = figures else {
         return;
     };
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
@@ -124,6 +127,15 @@ fn print_targets(figures: &[CodecFigures]) {
         plain.encode_gb_s,
         plain.decode_gb_s
     );
+    for z in zstd_rows {
+        println!(
+            "* comparison, not in the wire format: {} ratio x{:.2} of bitshuffle+lz4, encode x{:.2}, decode x{:.2} of its speed",
+            z.name.trim_end_matches(" *"),
+            z.ratio / bits.ratio,
+            z.encode_gb_s / bits.encode_gb_s,
+            z.decode_gb_s / bits.decode_gb_s
+        );
+    }
 }
 
 /// Measures every configuration on batches of `model` frames.
@@ -140,7 +152,7 @@ pub fn measure(args: &CodecArgs, model: &DetectorModel) -> anyhow::Result<Vec<Co
         })
         .collect::<Result<_, _>>()?;
     let budget = Duration::from_secs_f64(args.seconds.max(0.05));
-    CONFIGURATIONS
+    let mut figures = CONFIGURATIONS
         .into_iter()
         .map(|(name, compression, filter)| {
             let options = EncodeOptions {
@@ -150,7 +162,66 @@ pub fn measure(args: &CodecArgs, model: &DetectorModel) -> anyhow::Result<Vec<Co
             };
             measure_one(name, &batches, &options, budget)
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (name, level) in ZSTD_COMPARISONS {
+        figures.push(measure_zstd(name, level, &batches, budget)?);
+    }
+    Ok(figures)
+}
+
+/// Comparison rows: bitshuffled MessagePack compressed by zstd at a level.
+const ZSTD_COMPARISONS: [(&str, i32); 2] = [("bitshuffle+zstd-1 *", 1), ("bitshuffle+zstd-3 *", 3)];
+
+/// Like [`measure_one`] for bitshuffle with zstd in place of LZ4: the wire
+/// encoder writes the bitshuffled batch uncompressed, zstd compresses that
+/// payload; decoding reverses both.
+fn measure_zstd(
+    name: &'static str,
+    level: i32,
+    batches: &[Batch],
+    budget: Duration,
+) -> anyhow::Result<CodecFigures> {
+    let options = EncodeOptions {
+        compression: Compression::None,
+        filters: FilterPolicy::uniform(Filter::Bitshuffle),
+        max_payload: 256 * 1024 * 1024,
+    };
+    let data_bytes: usize = batches.iter().map(Batch::payload_bytes).sum();
+    let (mut rounds, start) = (0u32, Instant::now());
+    let mut encoded = Vec::new();
+    while rounds == 0 || start.elapsed() < budget {
+        encoded.clear();
+        for batch in batches {
+            let message = wire::encode(batch.clone(), &options)?.messages.remove(0);
+            let compressed = zstd::bulk::compress(&message.payload, level)?;
+            encoded.push((message, compressed));
+        }
+        rounds += 1;
+    }
+    let encode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
+    let wire_bytes: usize = encoded.iter().map(|(_, c)| c.len()).sum();
+    let limits = DecodeLimits::default();
+    let decode = |(message, compressed): &(wire::WireMessage, Vec<u8>)| {
+        let payload = zstd::bulk::decompress(compressed, message.payload.len())?;
+        anyhow::Ok(wire::decode(Some(&message.headers), &payload, &limits)?)
+    };
+    for (e, original) in encoded.iter().zip(batches) {
+        anyhow::ensure!(&decode(e)? == original, "{name}: decoded batch differs");
+    }
+    let (mut rounds, start) = (0u32, Instant::now());
+    while rounds == 0 || start.elapsed() < budget {
+        for e in &encoded {
+            std::hint::black_box(decode(e)?);
+        }
+        rounds += 1;
+    }
+    let decode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
+    Ok(CodecFigures {
+        name,
+        encode_gb_s,
+        decode_gb_s,
+        ratio: data_bytes as f64 / wire_bytes as f64,
+    })
 }
 
 fn measure_one(
@@ -197,4 +268,49 @@ fn measure_one(
         decode_gb_s,
         ratio: data_bytes as f64 / wire_bytes as f64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row round-trips (`measure` checks each decoded batch) and has
+    /// figures; bitshuffle + zstd compresses at least as well as + LZ4.
+    #[test]
+    fn every_configuration_round_trips_on_a_small_batch() {
+        let args = CodecArgs {
+            height: 32,
+            width: 48,
+            photon_density: 0.02,
+            read_noise: 3.0,
+            batch_events: 3,
+            batches: 2,
+            seconds: 0.01,
+        };
+        let model = DetectorModel {
+            height: args.height,
+            width: args.width,
+            ..Default::default()
+        };
+        let figures = measure(&args, &model).expect("measured");
+        let names: Vec<&str> = figures.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            [
+                "msgpack (baseline)",
+                "lz4",
+                "shuffle+lz4",
+                "bitshuffle+lz4",
+                "bitshuffle+zstd-1 *",
+                "bitshuffle+zstd-3 *"
+            ]
+        );
+        for f in &figures {
+            assert!(
+                f.ratio > 0.0 && f.encode_gb_s > 0.0 && f.decode_gb_s > 0.0,
+                "{f:?}"
+            );
+        }
+        assert!(figures[5].ratio >= figures[3].ratio, "{figures:?}");
+    }
 }
