@@ -1,6 +1,7 @@
-//! Benchmark, opt-in (ignored by default; see docs/benchmarks.md): how fast
-//! the facility stream catches up with an edge leaf node after an outage, as a
-//! fraction of the link's capacity.
+//! Benchmarks, opt-in (ignored by default; see docs/benchmarks.md): how fast
+//! the facility stream catches up with an edge leaf node after an outage,
+//! and a partner site's mirror with the facility stream across NATS gateway
+//! links, as a fraction of the link's capacity.
 //!
 //! ```sh
 //! cargo test --release -p lclstream-integration --test wan_bench -- --ignored --nocapture
@@ -33,12 +34,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lclstream_nats::topology::{edge_stream_name, facility_stream_name};
+use lclstream_nats::topology::run::ConnectFn;
+use lclstream_nats::topology::{edge_stream_name, facility_stream_name, partner_stream_name};
 use tokio::io::AsyncReadExt;
 use topology_support::{
     edge_leaf_links, wait_for, Deployment, PublishOptions, Publisher, INSTRUMENT,
 };
 use wan_support::leaf::{start_leaf_over_wan, EDGE, FACILITY};
+use wan_support::supercluster::{start_supercluster_over_wan, PARTNER};
 use wan_support::*;
 
 const EVENTS: u64 = 1000;
@@ -230,6 +233,131 @@ async fn leaf_catch_up_throughput_against_link_capacity() {
     }
     eprintln!(
         "\n| link (tbf cap, delay, loss) | cap MB/s | TCP MB/s | stored MB | catch-up MB/s | of cap | of TCP | link back after s | first data after s |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for line in lines {
+        eprintln!("{line}");
+    }
+}
+
+/// The partner's mirror after an outage of the NATS gateway links: the
+/// facility (3 nodes) and the partner site (1 node) in their own namespaces,
+/// the partner's link capped (`tc tbf`) with the row's delay on every gateway
+/// link (relays) and the row's loss on both sites' WAN connections. The
+/// gateway links are cut (relays close them), about 66 MB of incompressible
+/// events go into the facility stream, the links are restored, and the
+/// mirror is timed from its first new message to its last. The link's TCP
+/// capacity is measured in the same shape (one connection from the partner
+/// site through a relay with the same delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture, see docs/benchmarks.md"]
+async fn partner_mirror_catch_up_throughput_against_link_capacity() {
+    if lab_or_skip("partner_mirror_catch_up_throughput_against_link_capacity").is_none() {
+        return;
+    }
+    let rows = [
+        Row {
+            name: "70 ms one way",
+            cap_mbit: 50,
+            delay: Delay::transcontinental(),
+            loss: 0.0,
+        },
+        Row {
+            name: "70 ms one way, 0.5 % loss",
+            cap_mbit: 50,
+            delay: Delay::transcontinental(),
+            loss: 0.005,
+        },
+        Row {
+            name: "70 ms one way",
+            cap_mbit: 200,
+            delay: Delay::transcontinental(),
+            loss: 0.0,
+        },
+    ];
+    let mut lines = Vec::new();
+    for row in rows {
+        let cap = f64::from(row.cap_mbit) * 1e6 / 8.0;
+        let mut lab = Lab::new().expect("lab");
+        let link = LinkShape {
+            rate_mbit: Some(row.cap_mbit),
+            loss: row.loss,
+        };
+        let connect: ConnectFn = Arc::new(async_nats::ConnectOptions::new);
+        let wan = start_supercluster_over_wan(&mut lab, link, row.delay, |_| {}, connect).await;
+        // Mirror data flows on the facility's own gateway connections.
+        wan.facility.set_loss(row.loss).expect("facility loss");
+        let raw = RAW_BYTES as f64 / raw_transfer_secs(&wan.partner, row.delay).await;
+
+        let relays = wan.relays;
+        let deployment = Deployment {
+            running: wan.running,
+            dir: wan.dir,
+        };
+        for relay in &relays {
+            relay.cut();
+        }
+        let facility_url = deployment.running.facility_urls().join(",");
+        let options = PublishOptions {
+            payload_bytes: PAYLOAD_BYTES,
+            rate: None,
+            window: 32,
+        };
+        Publisher::spawn(facility_url, 0..EVENTS, options)
+            .finish(Duration::from_secs(120))
+            .await;
+        let origin = deployment
+            .stream_state(FACILITY, &facility_stream_name(INSTRUMENT))
+            .await;
+        assert_eq!(origin.state.messages, EVENTS);
+        let mirror = partner_stream_name(INSTRUMENT, PARTNER);
+        let before = deployment
+            .try_stream_state(PARTNER, &mirror)
+            .await
+            .map(|i| i.state.messages)
+            .unwrap_or(0);
+        assert_eq!(before, 0, "nothing crossed the cut links");
+
+        for relay in &relays {
+            relay.restore();
+        }
+        let restored = Instant::now();
+        let deadline = restored + Duration::from_secs(240);
+        let mut first_data: Option<Instant> = None;
+        let stored = loop {
+            if let Some(info) = deployment.try_stream_state(PARTNER, &mirror).await {
+                if info.state.messages > 0 && first_data.is_none() {
+                    first_data = Some(Instant::now());
+                }
+                if info.state.messages >= EVENTS {
+                    break info.state.bytes;
+                }
+            }
+            assert!(Instant::now() < deadline, "the mirror catches up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let done = Instant::now();
+        let first_data = first_data.unwrap_or(done);
+        let secs = (done - first_data).as_secs_f64().max(0.05);
+        let throughput = stored as f64 / secs;
+        let line = format!(
+            "| {} Mbit/s, {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} % | {:.0} % | {:.1} |",
+            row.cap_mbit,
+            row.name,
+            cap / 1e6,
+            raw / 1e6,
+            stored as f64 / 1e6,
+            throughput / 1e6,
+            100.0 * throughput / cap,
+            100.0 * throughput / raw,
+            (first_data - restored).as_secs_f64(),
+        );
+        eprintln!("{line}");
+        lines.push(line);
+        drop(deployment);
+        drop(relays);
+    }
+    eprintln!(
+        "\n| link (tbf cap, delay, loss) | cap MB/s | TCP MB/s | stored MB | catch-up MB/s | of cap | of TCP | first data after restore, s |\n|---|---|---|---|---|---|---|---|"
     );
     for line in lines {
         eprintln!("{line}");

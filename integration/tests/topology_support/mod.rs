@@ -260,7 +260,7 @@ impl Publisher {
         let task = tokio::spawn(async move {
             let client = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
-                .connect(url)
+                .connect(lclstream_nats::server_urls::server_urls(&url))
                 .await
                 .map_err(|e| e.to_string())?;
             let js = jetstream::new(client);
