@@ -172,9 +172,9 @@ pub fn measure(args: &CodecArgs, model: &DetectorModel) -> anyhow::Result<Vec<Co
 /// Comparison rows: bitshuffled MessagePack compressed by zstd at a level.
 const ZSTD_COMPARISONS: [(&str, i32); 2] = [("bitshuffle+zstd-1 *", 1), ("bitshuffle+zstd-3 *", 3)];
 
-/// Like [`measure_one`] for bitshuffle with zstd in place of LZ4: the wire
-/// encoder writes the bitshuffled batch uncompressed, zstd compresses that
-/// payload; decoding reverses both.
+/// Bitshuffle with zstd in place of LZ4: the wire encoder writes the
+/// bitshuffled batch uncompressed, zstd compresses that payload; decoding
+/// reverses both.
 fn measure_zstd(
     name: &'static str,
     level: i32,
@@ -186,36 +186,80 @@ fn measure_zstd(
         filters: FilterPolicy::uniform(Filter::Bitshuffle),
         max_payload: 256 * 1024 * 1024,
     };
-    let data_bytes: usize = batches.iter().map(Batch::payload_bytes).sum();
-    let (mut rounds, start) = (0u32, Instant::now());
-    let mut encoded = Vec::new();
-    while rounds == 0 || start.elapsed() < budget {
-        encoded.clear();
-        for batch in batches {
+    let limits = DecodeLimits::default();
+    measure_codec(
+        name,
+        batches,
+        budget,
+        |batch| {
             let message = wire::encode(batch.clone(), &options)?.messages.remove(0);
             let compressed = zstd::bulk::compress(&message.payload, level)?;
-            encoded.push((message, compressed));
-        }
-        rounds += 1;
-    }
-    let encode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
-    let wire_bytes: usize = encoded.iter().map(|(_, c)| c.len()).sum();
+            Ok((message, compressed))
+        },
+        |(_, compressed)| compressed.len(),
+        |(message, compressed)| {
+            let payload = zstd::bulk::decompress(compressed, message.payload.len())?;
+            Ok(wire::decode(Some(&message.headers), &payload, &limits)?)
+        },
+    )
+}
+
+/// One configuration of the wire format itself.
+fn measure_one(
+    name: &'static str,
+    batches: &[Batch],
+    options: &EncodeOptions,
+    budget: Duration,
+) -> anyhow::Result<CodecFigures> {
     let limits = DecodeLimits::default();
-    let decode = |(message, compressed): &(wire::WireMessage, Vec<u8>)| {
-        let payload = zstd::bulk::decompress(compressed, message.payload.len())?;
-        anyhow::Ok(wire::decode(Some(&message.headers), &payload, &limits)?)
-    };
+    measure_codec(
+        name,
+        batches,
+        budget,
+        // The clone is part of what an agent pays too: it owns its batches.
+        |batch| Ok(wire::encode(batch.clone(), options)?),
+        |encoded| encoded.wire_size,
+        |encoded| {
+            let message = &encoded.messages[0];
+            Ok(wire::decode(
+                Some(&message.headers),
+                &message.payload,
+                &limits,
+            )?)
+        },
+    )
+}
+
+/// Times `encode` over every batch for `budget`, checks that `decode` gives
+/// each batch back, then times `decode`; GB/s count uncompressed event bytes
+/// and the ratio is event bytes over `size` of the encoded form.
+fn measure_codec<E>(
+    name: &'static str,
+    batches: &[Batch],
+    budget: Duration,
+    encode: impl Fn(&Batch) -> anyhow::Result<E>,
+    size: impl Fn(&E) -> usize,
+    decode: impl Fn(&E) -> anyhow::Result<Batch>,
+) -> anyhow::Result<CodecFigures> {
+    let data_bytes: usize = batches.iter().map(Batch::payload_bytes).sum();
+    let mut encoded = Vec::new();
+    let encode_gb_s = gb_per_second(data_bytes, budget, || {
+        encoded.clear();
+        for batch in batches {
+            encoded.push(encode(batch)?);
+        }
+        Ok(())
+    })?;
+    let wire_bytes: usize = encoded.iter().map(&size).sum();
     for (e, original) in encoded.iter().zip(batches) {
         anyhow::ensure!(&decode(e)? == original, "{name}: decoded batch differs");
     }
-    let (mut rounds, start) = (0u32, Instant::now());
-    while rounds == 0 || start.elapsed() < budget {
+    let decode_gb_s = gb_per_second(data_bytes, budget, || {
         for e in &encoded {
             std::hint::black_box(decode(e)?);
         }
-        rounds += 1;
-    }
-    let decode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
+        Ok(())
+    })?;
     Ok(CodecFigures {
         name,
         encode_gb_s,
@@ -224,50 +268,19 @@ fn measure_zstd(
     })
 }
 
-fn measure_one(
-    name: &'static str,
-    batches: &[Batch],
-    options: &EncodeOptions,
+/// Runs `round` (which handles `bytes` of event data) at least once and
+/// until `budget` has passed; GB/s over all rounds.
+fn gb_per_second(
+    bytes: usize,
     budget: Duration,
-) -> anyhow::Result<CodecFigures> {
-    let data_bytes: usize = batches.iter().map(Batch::payload_bytes).sum();
-    let (mut rounds, start) = (0u32, Instant::now());
-    let mut encoded = Vec::new();
-    while rounds == 0 || start.elapsed() < budget {
-        encoded.clear();
-        for batch in batches {
-            // The clone is part of what an agent pays too: it owns its batches.
-            encoded.push(wire::encode(batch.clone(), options)?);
-        }
-        rounds += 1;
-    }
-    let encode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
-    let wire_bytes: usize = encoded.iter().map(|e| e.wire_size).sum();
-    let limits = DecodeLimits::default();
-    for (e, original) in encoded.iter().zip(batches) {
-        let message = &e.messages[0];
-        let batch = wire::decode(Some(&message.headers), &message.payload, &limits)?;
-        anyhow::ensure!(&batch == original, "{name}: decoded batch differs");
-    }
+    mut round: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     let (mut rounds, start) = (0u32, Instant::now());
     while rounds == 0 || start.elapsed() < budget {
-        for e in &encoded {
-            let message = &e.messages[0];
-            std::hint::black_box(wire::decode(
-                Some(&message.headers),
-                &message.payload,
-                &limits,
-            )?);
-        }
+        round()?;
         rounds += 1;
     }
-    let decode_gb_s = (data_bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9;
-    Ok(CodecFigures {
-        name,
-        encode_gb_s,
-        decode_gb_s,
-        ratio: data_bytes as f64 / wire_bytes as f64,
-    })
+    Ok((bytes as f64 * rounds as f64) / start.elapsed().as_secs_f64() / 1e9)
 }
 
 #[cfg(test)]
