@@ -104,6 +104,68 @@ async fn raw_transfer_secs(site: &Site, delay: Delay) -> f64 {
     (end - start).as_secs_f64()
 }
 
+/// A copy of the stream catching up after an outage.
+struct CatchUp {
+    /// When its first new message was seen.
+    first_data: Instant,
+    /// When it held every event.
+    done: Instant,
+    /// Bytes it stores then.
+    stored: u64,
+}
+
+impl CatchUp {
+    /// Bytes per second once data flows.
+    fn throughput(&self) -> f64 {
+        self.stored as f64 / (self.done - self.first_data).as_secs_f64().max(0.05)
+    }
+
+    /// The columns both tables share, up to "of TCP" (ending in `|`).
+    fn columns(&self, row: &Row, raw: f64) -> String {
+        let cap = f64::from(row.cap_mbit) * 1e6 / 8.0;
+        let throughput = self.throughput();
+        format!(
+            "| {} Mbit/s, {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} % | {:.0} % |",
+            row.cap_mbit,
+            row.name,
+            cap / 1e6,
+            raw / 1e6,
+            self.stored as f64 / 1e6,
+            throughput / 1e6,
+            100.0 * throughput / cap,
+            100.0 * throughput / raw,
+        )
+    }
+}
+
+/// Polls `stream` at `site` every 50 ms until it holds `EVENTS`, up to `deadline`.
+async fn time_catch_up(
+    deployment: &Deployment,
+    site: &str,
+    stream: &str,
+    deadline: Instant,
+) -> CatchUp {
+    let mut first_data: Option<Instant> = None;
+    let stored = loop {
+        if let Some(info) = deployment.try_stream_state(site, stream).await {
+            if info.state.messages > 0 && first_data.is_none() {
+                first_data = Some(Instant::now());
+            }
+            if info.state.messages >= EVENTS {
+                break info.state.bytes;
+            }
+        }
+        assert!(Instant::now() < deadline, "{stream} at {site} catches up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let done = Instant::now();
+    CatchUp {
+        first_data: first_data.unwrap_or(done),
+        done,
+        stored,
+    }
+}
+
 struct Row {
     name: &'static str,
     cap_mbit: u32,
@@ -151,7 +213,6 @@ async fn leaf_catch_up_throughput_against_link_capacity() {
     ];
     let mut lines = Vec::new();
     for row in rows {
-        let cap = f64::from(row.cap_mbit) * 1e6 / 8.0;
         let mut lab = Lab::new().expect("lab");
         let link = LinkShape {
             rate_mbit: Some(row.cap_mbit),
@@ -193,38 +254,20 @@ async fn leaf_catch_up_throughput_against_link_capacity() {
         .await;
         let link_up = Instant::now();
         let facility = facility_stream_name(INSTRUMENT);
-        let deadline = link_up + Duration::from_secs(180);
-        let mut first_data: Option<Instant> = None;
-        let stored = loop {
-            if let Some(info) = deployment.try_stream_state(FACILITY, &facility).await {
-                if info.state.messages > 0 && first_data.is_none() {
-                    first_data = Some(Instant::now());
-                }
-                if info.state.messages >= EVENTS {
-                    break info.state.bytes;
-                }
-            }
-            assert!(Instant::now() < deadline, "the facility catches up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let done = Instant::now();
-        // Transfer rate once data flows; the wait before it is reported apart
-        // (nats-server's retry of the source consumer, not the link).
-        let first_data = first_data.unwrap_or(done);
-        let secs = (done - first_data).as_secs_f64().max(0.05);
-        let throughput = stored as f64 / secs;
-        let first = (first_data - link_up).as_secs_f64();
+        let catch_up = time_catch_up(
+            &deployment,
+            FACILITY,
+            &facility,
+            link_up + Duration::from_secs(180),
+        )
+        .await;
+        // The wait before data flows is reported apart (nats-server's retry
+        // of the source consumer, not the link).
         let line = format!(
-            "| {} Mbit/s, {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} % | {:.0} % | {:.1} | {first:.1} |",
-            row.cap_mbit,
-            row.name,
-            cap / 1e6,
-            raw / 1e6,
-            stored as f64 / 1e6,
-            throughput / 1e6,
-            100.0 * throughput / cap,
-            100.0 * throughput / raw,
+            "{} {:.1} | {:.1} |",
+            catch_up.columns(&row, raw),
             (link_up - restored).as_secs_f64(),
+            (catch_up.first_data - link_up).as_secs_f64(),
         );
         eprintln!("{line}");
         lines.push(line);
@@ -276,7 +319,6 @@ async fn partner_mirror_catch_up_throughput_against_link_capacity() {
     ];
     let mut lines = Vec::new();
     for row in rows {
-        let cap = f64::from(row.cap_mbit) * 1e6 / 8.0;
         let mut lab = Lab::new().expect("lab");
         let link = LinkShape {
             rate_mbit: Some(row.cap_mbit),
@@ -321,35 +363,17 @@ async fn partner_mirror_catch_up_throughput_against_link_capacity() {
             relay.restore();
         }
         let restored = Instant::now();
-        let deadline = restored + Duration::from_secs(240);
-        let mut first_data: Option<Instant> = None;
-        let stored = loop {
-            if let Some(info) = deployment.try_stream_state(PARTNER, &mirror).await {
-                if info.state.messages > 0 && first_data.is_none() {
-                    first_data = Some(Instant::now());
-                }
-                if info.state.messages >= EVENTS {
-                    break info.state.bytes;
-                }
-            }
-            assert!(Instant::now() < deadline, "the mirror catches up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let done = Instant::now();
-        let first_data = first_data.unwrap_or(done);
-        let secs = (done - first_data).as_secs_f64().max(0.05);
-        let throughput = stored as f64 / secs;
+        let catch_up = time_catch_up(
+            &deployment,
+            PARTNER,
+            &mirror,
+            restored + Duration::from_secs(240),
+        )
+        .await;
         let line = format!(
-            "| {} Mbit/s, {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} % | {:.0} % | {:.1} |",
-            row.cap_mbit,
-            row.name,
-            cap / 1e6,
-            raw / 1e6,
-            stored as f64 / 1e6,
-            throughput / 1e6,
-            100.0 * throughput / cap,
-            100.0 * throughput / raw,
-            (first_data - restored).as_secs_f64(),
+            "{} {:.1} |",
+            catch_up.columns(&row, raw),
+            (catch_up.first_data - restored).as_secs_f64(),
         );
         eprintln!("{line}");
         lines.push(line);
