@@ -60,12 +60,7 @@ async fn an_operator_views_a_stream_without_taking_events_from_other_consumers()
     )
     .await
     .expect("viewer starts");
-    let addr: std::net::SocketAddr = viewer
-        .url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = viewer.addr();
     // Its consumer exists before new events are published.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

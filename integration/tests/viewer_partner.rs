@@ -46,12 +46,7 @@ async fn refusal_shown(url: &str, institution: &str) -> String {
     )
     .await
     .expect("viewer starts");
-    let addr: std::net::SocketAddr = viewer
-        .url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let addr = viewer.addr();
     let deadline = Instant::now() + Duration::from_secs(20);
     let shown = loop {
         let status = status(addr).await;

@@ -78,4 +78,9 @@ impl Viewer {
     pub fn url(&self) -> String {
         self.http.url()
     }
+
+    /// The address the page is served on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.http.addr()
+    }
 }
