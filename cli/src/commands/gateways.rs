@@ -5,20 +5,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use lclstream_gateway::shared_state::gateways;
 use time::OffsetDateTime;
 
 /// Arguments of `lclstream gateways`.
 #[derive(clap::Args)]
 pub struct GatewaysArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long,
-        env = "LCLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    url: String,
+    #[command(flatten)]
+    server: super::ServerUrl,
     /// File holding a facility user's nkey seed (an operator or admin user
     /// of the LCLS account); omit on servers without authentication.
     #[arg(long)]
@@ -29,15 +23,8 @@ pub struct GatewaysArgs {
 }
 
 pub async fn run(args: GatewaysArgs) -> anyhow::Result<()> {
-    let options = match super::read_seed(args.seed.as_deref())? {
-        Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
-        None => async_nats::ConnectOptions::new(),
-    };
-    let client = options
-        .name("lclstream-gateways")
-        .connect(lclstream_nats::server_urls::server_urls(&args.url))
-        .await
-        .with_context(|| format!("connecting to {}", args.url))?;
+    let seed = super::read_seed(args.seed.as_deref())?;
+    let client = args.server.connect(seed, "lclstream-gateways").await?;
     let js = async_nats::jetstream::new(client);
     let (beats, leader) = gateways(&js).await.map_err(|e| {
         anyhow::anyhow!("{e} (is this a facility user? partners cannot read the gateway buckets)")

@@ -11,13 +11,8 @@ use lclstream_viewer::Viewer;
 /// Arguments of `lclstream view`.
 #[derive(clap::Args)]
 pub struct ViewArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long,
-        env = "LCLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    url: String,
+    #[command(flatten)]
+    server: super::ServerUrl,
     /// File holding the nkey seed: the institution's, or with --stream an
     /// operator's (omit on servers without authentication).
     #[arg(long)]
@@ -58,24 +53,16 @@ pub async fn run(args: ViewArgs) -> anyhow::Result<()> {
     let viewer = match (&args.institution, &args.stream) {
         (Some(institution), _) => {
             let partner = PartnerClient::connect(&PartnerConfig {
-                url: args.url.clone(),
+                url: args.server.url.clone(),
                 institution: institution.clone(),
                 seed,
             })
             .await
-            .with_context(|| format!("connecting to {} as {institution}", args.url))?;
+            .with_context(|| format!("connecting to {} as {institution}", args.server.url))?;
             Viewer::start_partner(partner, args.bind, &args.subject, args.field).await?
         }
         (None, Some(stream)) => {
-            let options = match seed {
-                Some(seed) => async_nats::ConnectOptions::with_nkey(seed),
-                None => async_nats::ConnectOptions::new(),
-            };
-            let client = options
-                .name("lclstream-view")
-                .connect(lclstream_nats::server_urls::server_urls(&args.url))
-                .await
-                .with_context(|| format!("connecting to {}", args.url))?;
+            let client = args.server.connect(seed, "lclstream-view").await?;
             Viewer::start_operator(client, stream, args.bind, &args.subject, args.field).await?
         }
         (None, None) => unreachable!("clap requires --institution or --stream"),
