@@ -128,18 +128,12 @@ events = 750
     let at_kill = stored().await;
 
     let mut second = spawn("agent-2.log");
-    let mut status = None;
-    for _ in 0..1200 {
-        if let Some(s) = second.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let Some(status) = status else {
-        second.kill().unwrap();
-        panic!("restarted agent did not finish");
-    };
+    let status = wait_exit(
+        &mut second,
+        Duration::from_secs(60),
+        "restarted agent did not finish",
+    )
+    .await;
     let log = std::fs::read_to_string(work.path().join("agent-2.log")).unwrap();
     assert!(status.success(), "restarted agent failed: {log}");
     assert!(stored().await > at_kill, "the restart published the rest");
@@ -196,18 +190,12 @@ rate_hz = 400.0
             .status()
             .unwrap();
         assert!(status.success());
-        let mut exit = None;
-        for _ in 0..600 {
-            if let Some(s) = child.try_wait().unwrap() {
-                exit = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let Some(exit) = exit else {
-            child.kill().unwrap();
-            panic!("agent did not stop on SIGTERM");
-        };
+        let exit = wait_exit(
+            &mut child,
+            Duration::from_secs(30),
+            "agent did not stop on SIGTERM",
+        )
+        .await;
         let log = std::fs::read_to_string(&log_path).unwrap();
         assert!(exit.success(), "clean exit after SIGTERM: {log}");
         assert!(log.contains("shutting down"), "{log}");

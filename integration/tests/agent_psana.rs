@@ -309,18 +309,12 @@ async fn agent_and_helper_killed_mid_run_lose_and_duplicate_nothing() {
     }
 
     let mut second = spawn("agent-2.log");
-    let mut status = None;
-    for _ in 0..2400 {
-        if let Some(s) = second.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let Some(status) = status else {
-        second.kill().unwrap();
-        panic!("restarted agent did not finish");
-    };
+    let status = wait_exit(
+        &mut second,
+        Duration::from_secs(120),
+        "restarted agent did not finish",
+    )
+    .await;
     let log2 = std::fs::read_to_string(work.path().join("agent-2.log")).unwrap();
     assert!(status.success(), "restarted agent failed: {log2}");
     assert!(stored().await > at_kill, "the restart published the rest");

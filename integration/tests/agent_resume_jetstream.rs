@@ -89,18 +89,12 @@ read_chunk_events = 4
     std::fs::remove_dir_all(&spool).unwrap();
 
     let mut second = spawn("agent-2.log");
-    let mut status = None;
-    for _ in 0..1200 {
-        if let Some(s) = second.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let Some(status) = status else {
-        second.kill().unwrap();
-        panic!("restarted agent did not finish");
-    };
+    let status = wait_exit(
+        &mut second,
+        Duration::from_secs(60),
+        "restarted agent did not finish",
+    )
+    .await;
     let log = std::fs::read_to_string(work.path().join("agent-2.log")).unwrap();
     assert!(status.success(), "restarted agent failed: {log}");
     assert!(

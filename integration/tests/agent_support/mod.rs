@@ -207,3 +207,23 @@ pub async fn wait_stored(
         tokio::time::sleep(every).await;
     }
 }
+
+/// Waits up to `limit` (polling every 50 ms) for `child` to exit; kills it
+/// and panics with `what` when it does not.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the agent") {
+            return status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            child.kill().expect("killing the agent");
+            panic!("{what} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
