@@ -495,6 +495,50 @@ async fn every_attack_of_one_institution_on_another_fails() {
         !matches!(accepted, Ok(Some(_))),
         "the victim accepted a notice the gateway did not sign: {accepted:?}"
     );
+    // The same for the victim's job status as the partner library reads it:
+    // once the job has ended the gateway sends nothing more, so anything the
+    // status stream yielded would be the attacker's.
+    wait_record(
+        &d.desy,
+        &d.desy_job,
+        Duration::from_secs(60),
+        "the end",
+        |r| r.state.is_terminal(),
+    )
+    .await;
+    let view = get(&d.desy, &d.desy_job).await;
+    let mut status = step("victim job status", d.desy.job_status(&view))
+        .await
+        .unwrap();
+    let mut watch_raw = d.desy.client().subscribe(view.watch.clone()).await.unwrap();
+    d.desy.client().flush().await.unwrap();
+    for _ in 0..2 {
+        a.client
+            .publish_with_reply(
+                format!(
+                    "$JS.lclstream.API.CONSUMER.MSG.NEXT.LCLS_MFX.{}",
+                    own_grant.consumer
+                ),
+                view.watch.clone(),
+                r#"{"batch":1}"#.into(),
+            )
+            .await
+            .unwrap();
+    }
+    let accepted = tokio::time::timeout(QUIET, status.next()).await;
+    assert!(
+        !matches!(accepted, Ok(Some(_))),
+        "the victim accepted a job status the gateway did not sign: {accepted:?}"
+    );
+    let reached = tokio::time::timeout(Duration::from_millis(300), watch_raw.next()).await;
+    eprintln!(
+        "attacker's messages on the victim's job status subject: {}",
+        if matches!(reached, Ok(Some(_))) {
+            "arrived, dropped"
+        } else {
+            "none arrived"
+        }
+    );
     let records = d.admin.get_key_value("lclstream-jobs").await.unwrap();
     assert!(records.get("desy.injected").await.unwrap().is_none());
     let audit = audit_lines(&d);

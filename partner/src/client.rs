@@ -6,6 +6,7 @@ use async_nats::jetstream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use lclstream_nats::protocol::jobs::{JobRecord, JobView};
 use lclstream_nats::protocol::naming::{inbox_prefix, request_subject};
 use lclstream_nats::protocol::requests::{
     DatasetGrant, DatasetList, DatasetRequest, ErrorBody, ListRequest, Notice, ReleaseReply,
@@ -165,6 +166,22 @@ impl PartnerClient {
         self.call(VERB_RELEASE, request).await
     }
 
+    /// The status updates of job `view.record.job` on `view.watch`, verified
+    /// against `view.notices_key` (the view is the gateway's reply to
+    /// `jobs.get` or `jobs.submit`).
+    pub async fn job_status(&self, view: &JobView) -> Result<JobStatus, PartnerError> {
+        let subscriber = self
+            .client
+            .subscribe(view.watch.clone())
+            .await
+            .map_err(PartnerError::nats)?;
+        Ok(JobStatus {
+            subscriber,
+            key: view.notices_key.clone(),
+            job: view.record.job.clone(),
+        })
+    }
+
     /// The gateway's notices for this institution, verified: only messages
     /// signed by the gateway's notice key (learned from a `usage` reply) and
     /// addressed to this institution are yielded; anything else arriving on
@@ -182,6 +199,42 @@ impl PartnerClient {
             key: usage.notices_key,
             institution: self.institution.clone(),
         })
+    }
+}
+
+/// Verified status of one publish job ([`PartnerClient::job_status`]).
+pub struct JobStatus {
+    subscriber: async_nats::Subscriber,
+    key: Option<String>,
+    job: String,
+}
+
+impl JobStatus {
+    /// The next status of the job signed by the gateway; `None` when the
+    /// connection closes. Anything else on the subject (not signed, not a
+    /// job record, about another job) is dropped with a warning.
+    pub async fn next(&mut self) -> Option<JobRecord> {
+        use futures::StreamExt;
+        while let Some(message) = self.subscriber.next().await {
+            match self.check(&message) {
+                Ok(record) => return Some(record),
+                Err(why) => tracing::warn!(
+                    subject = %message.subject,
+                    "dropping a message on the job status subject: {why}"
+                ),
+            }
+        }
+        None
+    }
+
+    fn check(&self, message: &async_nats::Message) -> Result<JobRecord, String> {
+        verify_from_gateway(self.key.as_deref(), message)?;
+        let record: JobRecord = serde_json::from_slice(&message.payload)
+            .map_err(|e| format!("not a job record: {e}"))?;
+        if record.job != self.job {
+            return Err(format!("about job {:?}", record.job));
+        }
+        Ok(record)
     }
 }
 

@@ -38,7 +38,9 @@ pub mod jsonl;
 mod pull;
 mod sink;
 
-pub use client::{verify_from_gateway, Notices, PartnerClient, PartnerConfig, PartnerError};
+pub use client::{
+    verify_from_gateway, JobStatus, Notices, PartnerClient, PartnerConfig, PartnerError,
+};
 pub use lclstream_nats::protocol::requests::{
     DatasetGrant, DatasetList, DatasetRequest, End, ErrorBody, ErrorCode, Notice, ReleaseReply,
     ReleaseRequest, Start, UsageReply,

@@ -13,8 +13,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use lclstream_nats::protocol::jobs::JobView;
 use lclstream_nats::wire::{self, headers as h, Batch, DecodeLimits, Reassembler, Scalar};
-use lclstream_partner::{DatasetGrant, End, PartnerClient, PartnerConfig, PartnerError};
+use lclstream_partner::{DatasetGrant, End, JobStatus, PartnerClient, PartnerConfig, PartnerError};
 use numpy::PyArray1;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -82,24 +83,19 @@ impl NativeClient {
         }
     }
 
-    /// Follows the status messages of a publish job on `subject` (the job
-    /// view's `watch`), keeping only those signed by the gateway's notices
-    /// key when one is given.
-    #[pyo3(signature = (subject, notices_key=None))]
-    fn watch(
-        &self,
-        py: Python<'_>,
-        subject: String,
-        notices_key: Option<String>,
-    ) -> PyResult<NativeStatusWatch> {
-        let client = self.client.client().clone();
-        let subscriber = py
-            .detach(|| self.runtime.block_on(client.subscribe(subject.clone())))
-            .map_err(|e| PyConnectionError::new_err(format!("subscribing to {subject}: {e}")))?;
+    /// Follows the status of a publish job (`view_json`: the gateway's job
+    /// view), keeping only records about it signed by the gateway.
+    fn watch(&self, py: Python<'_>, view_json: &str) -> PyResult<NativeStatusWatch> {
+        let view: JobView = serde_json::from_str(view_json)
+            .map_err(|e| PyValueError::new_err(format!("not a job view: {e}")))?;
+        let status = py
+            .detach(|| self.runtime.block_on(self.client.job_status(&view)))
+            .map_err(|e| {
+                PyConnectionError::new_err(format!("subscribing to {}: {e}", view.watch))
+            })?;
         Ok(NativeStatusWatch {
             runtime: self.runtime.clone(),
-            subscriber: std::sync::Mutex::new(subscriber),
-            notices_key,
+            status: std::sync::Mutex::new(status),
         })
     }
 
@@ -151,20 +147,18 @@ impl NativeClient {
     }
 }
 
-/// Status messages of one job, as they are pushed.
+/// Status records of one job, as they are pushed.
 #[pyclass(module = "lclstream._native")]
 struct NativeStatusWatch {
     runtime: Arc<tokio::runtime::Runtime>,
-    subscriber: std::sync::Mutex<async_nats::Subscriber>,
-    notices_key: Option<String>,
+    status: std::sync::Mutex<JobStatus>,
 }
 
 #[pymethods]
 impl NativeStatusWatch {
-    /// The next status (JSON text) the gateway signed, waiting at most
-    /// `timeout` seconds; `None` when none came. Messages not signed by the
-    /// gateway are skipped: anyone allowed to publish on the subject could
-    /// send them.
+    /// The next status record (JSON text) the gateway signed, waiting at
+    /// most `timeout` seconds; `None` when none came. Anything else on the
+    /// subject is skipped: anyone allowed to publish there could send it.
     fn next(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<String>> {
         if !timeout.is_finite() || timeout < 0.0 {
             return Err(PyValueError::new_err(
@@ -173,33 +167,23 @@ impl NativeStatusWatch {
         }
         let wait = Duration::from_secs_f64(timeout.min(86_400.0));
         py.detach(|| {
-            let mut subscriber = self
-                .subscriber
+            let mut status = self
+                .status
                 .lock()
                 .map_err(|_| runtime_error("the status subscription was poisoned"))?;
-            self.runtime.block_on(async {
-                let deadline = tokio::time::Instant::now() + wait;
-                loop {
-                    let message = match tokio::time::timeout_at(deadline, subscriber.next()).await {
-                        Err(_) => return Ok(None),
-                        Ok(None) => {
-                            return Err(PyConnectionError::new_err(
-                                "the status subscription ended (connection closed)",
-                            ))
-                        }
-                        Ok(Some(message)) => message,
-                    };
-                    match lclstream_partner::verify_from_gateway(
-                        self.notices_key.as_deref(),
-                        &message,
-                    ) {
-                        Ok(()) => {
-                            return Ok(Some(String::from_utf8_lossy(&message.payload).into_owned()))
-                        }
-                        Err(_) => continue,
-                    }
+            // The timer is made inside the runtime (block_on's future), where it must be.
+            match self
+                .runtime
+                .block_on(async { tokio::time::timeout(wait, status.next()).await })
+            {
+                Err(_) => Ok(None),
+                Ok(None) => Err(PyConnectionError::new_err(
+                    "the status subscription ended (connection closed)",
+                )),
+                Ok(Some(record)) => {
+                    Ok(Some(serde_json::to_string(&record).map_err(runtime_error)?))
                 }
-            })
+            }
         })
     }
 }

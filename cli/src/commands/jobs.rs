@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use lclstream_gateway::jobs::protocol::{
     EventRange, JobBatch, JobList, JobListRequest, JobProcessing, JobRecord, JobRef, JobRequest,
     JobState, JobView, VERB_CANCEL, VERB_GET, VERB_LIST, VERB_SUBMIT,
@@ -193,8 +192,7 @@ pub async fn watch(
         .call_raw(VERB_GET, serde_json::to_vec(&JobRef { job: job.into() })?)
         .await?;
     let mut updates = client
-        .client()
-        .subscribe(view.watch.clone())
+        .job_status(&view)
         .await
         .context("subscribing to job status")?;
     let bar = indicatif::ProgressBar::new(0);
@@ -221,19 +219,14 @@ pub async fn watch(
             anyhow::bail!("job {job} is still {} after {timeout:?}", record.state);
         }
         tokio::select! {
-            message = updates.next() => {
-                if let Some(m) = message {
-                    // Only status the gateway signed, about this job: anything
-                    // else on the subject is not from the gateway.
-                    match lclstream_partner::verify_from_gateway(view.notices_key.as_deref(), &m) {
-                        Ok(()) => match serde_json::from_slice::<JobRecord>(&m.payload) {
-                            Ok(r) if r.job == record.job => record = r,
-                            _ => tracing::warn!("ignoring a status update not about job {job}"),
-                        },
-                        Err(why) => tracing::warn!("ignoring a status update: {why}"),
-                    }
+            // Only status the gateway signed about this job (`JobStatus` drops the rest).
+            update = updates.next() => match update {
+                Some(update) => record = update,
+                None => {
+                    bar.abandon();
+                    anyhow::bail!("the status subscription of job {job} ended (connection closed)");
                 }
-            }
+            },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {
                 let view: JobView = client
                     .call_raw(VERB_GET, serde_json::to_vec(&JobRef { job: job.into() })?)

@@ -241,7 +241,7 @@ class Client:
 
         deadline = time.monotonic() + timeout
         view = self.job(job)
-        watch = self._native.watch(view["watch"], view.get("notices_key"))
+        watch = self._native.watch(json.dumps(view))
         record: Dict[str, Any] = view["record"]
         if on_update is not None:
             on_update(record)
@@ -252,8 +252,6 @@ class Client:
             pushed = watch.next(max(0.0, min(poll, remaining)))
             latest: Dict[str, Any] = (json.loads(pushed) if pushed is not None
                                       else self.job(job)["record"])
-            if latest.get("job") != job:
-                continue
             if latest != record and on_update is not None:
                 on_update(latest)
             record = latest
